@@ -1,0 +1,76 @@
+"""`/v1/files`: register uploads (one or a thousand) and read them back."""
+
+from __future__ import annotations
+
+from flask import Response
+from flask_openapi3 import APIBlueprint, Tag
+from sqlalchemy import select
+
+from service.api.common import blob_store, caller, json_response, service, submission_rate_limited
+from service.db import transaction
+from service.errors import ApiError, not_found
+from service.models import File
+from service.schemas import (
+    CreateFile,
+    CreateFilesBulk,
+    ErrorResponse,
+    FileList,
+    FilePath,
+    FileResource,
+)
+from service.uploads import refresh_uploads, register_files
+from service.views import file_view
+
+tag = Tag(name="files", description="Register uploads; bytes go straight to the blob store.")
+ERRORS = {401: ErrorResponse, 404: ErrorResponse, 413: ErrorResponse, 422: ErrorResponse,
+          429: ErrorResponse, 503: ErrorResponse}
+
+
+def make_files_blueprint() -> APIBlueprint:
+    bp = APIBlueprint("files", __name__, url_prefix="/v1/files", abp_tags=[tag],
+                      abp_security=[{"ApiKey": []}])
+
+    @bp.post("", responses={200: FileResource, **ERRORS})
+    @submission_rate_limited
+    def create_file(body: CreateFile) -> Response:
+        """Register one upload; returns a presigned PUT for the bytes."""
+        return json_response(_register([body])[0])
+
+    @bp.post("/bulk", responses={200: FileList, **ERRORS})
+    @submission_rate_limited
+    def create_files_bulk(body: CreateFilesBulk) -> Response:
+        """Register up to 1,000 uploads in one request (one rate-limit hit)."""
+        return json_response({"object": "list", "data": _register(body.files)})
+
+    @bp.get("/<file_id>", responses={200: FileResource, 401: ErrorResponse, 404: ErrorResponse})
+    def get_file(path: FilePath) -> Response:
+        """Read a file; while awaiting upload it re-checks the blob store."""
+        ctx = service()
+        with transaction(ctx.session_factory) as session:
+            file = session.scalar(
+                select(File).where(File.id == path.file_id, File.customer_id == caller().customer_id)
+            )
+            if file is None:
+                raise not_found("file")
+            if ctx.blob_store is not None:
+                refresh_uploads(session, ctx.blob_store, [file])
+            return json_response(file_view(file))
+
+    return bp
+
+
+def _register(requests: list[CreateFile]) -> list[dict]:
+    ctx = service()
+    store = blob_store()
+    too_large = [i for i, r in enumerate(requests) if r.size_bytes > ctx.settings.max_file_bytes]
+    if too_large:
+        raise ApiError(
+            413,
+            "document_too_large",
+            f"size_bytes exceeds the maximum file size of {ctx.settings.max_file_bytes} bytes",
+            max_file_bytes=ctx.settings.max_file_bytes,
+            indexes=too_large,
+        )
+    with transaction(ctx.session_factory) as session:
+        registered = register_files(session, store, ctx.settings, caller().customer_id, requests)
+        return [file_view(file, upload) for file, upload in registered]

@@ -1,0 +1,112 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from flask import Response, current_app, g, redirect, request
+from flask_openapi3 import Info, OpenAPI
+
+from service.auth import authenticate, key_from_headers
+from service.context import ServiceContext, make_context
+from service.errors import ApiError, register_error_handlers, validation_error_response
+from service.migrate import check_schema_current
+from service.ratelimit import SubmissionRateLimiter
+from service.settings import Settings, load_settings
+
+log = logging.getLogger("pagelane.api")
+
+# Requests larger than this are refused before any parsing (a 10,000-id batch is ~400 KB; the
+# sync endpoint takes documents up to the configured file size).
+JSON_BODY_LIMIT = 8 * 1024 * 1024
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    context: ServiceContext | None = None,
+    check_schema: bool = True,
+) -> OpenAPI:
+    settings = settings or (context.settings if context else load_settings())
+    context = context or make_context(settings)
+    if check_schema:
+        check_schema_current(context.engine)
+
+    app = OpenAPI(
+        __name__,
+        info=Info(
+            title="Pagelane",
+            version="1.0.0",
+            description="Async batch lane for document extraction (the extract.page batch API).",
+        ),
+        security_schemes={
+            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-KEY"},
+            "Bearer": {"type": "http", "scheme": "bearer"},
+        },
+        validation_error_status=422,
+        validation_error_callback=validation_error_response,
+        doc_prefix="/docs",
+        doc_url="/openapi.json",
+    )
+    app.config["MAX_CONTENT_LENGTH"] = max(JSON_BODY_LIMIT, settings.max_file_bytes + 1024 * 1024)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["pagelane"] = context
+    app.extensions["pagelane.ratelimit"] = SubmissionRateLimiter(
+        settings.require_redis(), settings.submit_rate_limit
+    )
+
+    from service.api.batches import make_batches_blueprint
+    from service.api.extract import make_extract_blueprint
+    from service.api.files import make_files_blueprint
+    from service.api.health import make_health_blueprint
+
+    for blueprint in (make_files_blueprint(), make_batches_blueprint(), make_extract_blueprint()):
+        blueprint.before_request(_authenticate)
+        app.register_api(blueprint)
+    app.register_api(make_health_blueprint())
+
+    from service.storage import LocalBlobStore
+
+    if isinstance(context.blob_store, LocalBlobStore):
+        from service.api.blobs import make_blobs_blueprint
+
+        app.register_blueprint(make_blobs_blueprint(context.blob_store))
+
+    @app.get("/openapi.json", doc_ui=False)
+    def openapi_document() -> Any:
+        return app.api_doc
+
+    @app.get("/docs", doc_ui=False)
+    def docs_home() -> Any:
+        return redirect("/docs/swagger", code=302)
+
+    app.before_request(_assign_request_id)
+    app.after_request(_finish_response)
+    register_error_handlers(app)
+    return app
+
+
+def _assign_request_id() -> None:
+    incoming = request.headers.get("X-Request-Id", "")
+    # Accept a caller's id only if it is short and tame; it ends up in logs.
+    g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isascii() else (
+        "req_" + secrets.token_hex(12)
+    )
+
+
+def _authenticate() -> None:
+    context: ServiceContext = current_app.extensions["pagelane"]
+    with context.session_factory() as session:
+        principal = authenticate(session, key_from_headers(request.headers))
+    if principal is None:
+        raise ApiError(401, "unauthorized", "missing or unknown API key (X-API-KEY header)")
+    g.principal = principal
+
+
+def _finish_response(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    for name, value in (g.get("rate_limit_headers") or {}).items():
+        response.headers.setdefault(name, value)
+    return response

@@ -1,0 +1,97 @@
+"""API keys: 32 random bytes shown once, stored as a sha256 hash with a short visible prefix."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.clock import utcnow
+from service.ids import new_id
+from service.models import ApiKey, Customer
+
+KEY_PREFIX = "pl_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the customer and the key used (rate limits are per key)."""
+
+    customer_id: str
+    key_id: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def create_api_key(session: Session, customer: Customer) -> tuple[ApiKey, str]:
+    """Returns the stored row and the clear key, which exists nowhere else after this."""
+    key = generate_key()
+    row = ApiKey(
+        id=new_id("key"),
+        customer_id=customer.id,
+        prefix=key[:10],
+        key_hash=hash_key(key),
+        created_at=utcnow(),
+    )
+    session.add(row)
+    return row, key
+
+
+def get_or_create_customer(
+    session: Session,
+    name: str,
+    *,
+    default_concurrency: int,
+    quota_pages: int | None = None,
+    concurrency: int | None = None,
+) -> Customer:
+    customer = session.scalar(select(Customer).where(Customer.name == name))
+    if customer is None:
+        customer = Customer(
+            id=new_id("cus"),
+            name=name,
+            page_quota=quota_pages,
+            pages_used=0,
+            pages_reserved=0,
+            concurrency=concurrency or default_concurrency,
+            created_at=utcnow(),
+        )
+        session.add(customer)
+    else:
+        if quota_pages is not None:
+            customer.page_quota = quota_pages
+        if concurrency is not None:
+            customer.concurrency = concurrency
+    session.flush()
+    return customer
+
+
+def authenticate(session: Session, key: str) -> Principal | None:
+    if not key:
+        return None
+    row = session.execute(
+        select(ApiKey.id, ApiKey.customer_id).where(
+            ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
+        )
+    ).first()
+    return Principal(customer_id=row.customer_id, key_id=row.id) if row else None
+
+
+def key_from_headers(headers: dict[str, str] | object) -> str:
+    get = headers.get  # type: ignore[attr-defined]
+    key = get("X-API-KEY") or ""
+    if not key:
+        auth = get("Authorization") or ""
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer":
+            key = value.strip()
+    return key.strip()

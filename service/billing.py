@@ -1,0 +1,79 @@
+"""Page quota: reserved before extraction, settled on success, released otherwise.
+
+Reservation is one conditional UPDATE on the customer row, so concurrent workers can never
+together reserve past the quota. Settling inserts the billing row keyed by the item (or sync
+request) id first: a replayed finish hits the primary key and bills nothing twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import case, select, update
+from sqlalchemy.orm import Session
+
+from service.models import BillingEntry, Customer
+
+
+def reserve_pages(session: Session, customer_id: str, pages: int) -> bool:
+    result = session.execute(
+        update(Customer)
+        .where(
+            Customer.id == customer_id,
+            Customer.page_quota.is_(None)
+            | (Customer.pages_used + Customer.pages_reserved + pages <= Customer.page_quota),
+        )
+        .values(pages_reserved=Customer.pages_reserved + pages)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_pages(session: Session, customer_id: str, pages: int) -> None:
+    if pages <= 0:
+        return
+    session.execute(
+        update(Customer)
+        .where(Customer.id == customer_id)
+        .values(
+            pages_reserved=case(
+                (Customer.pages_reserved >= pages, Customer.pages_reserved - pages), else_=0
+            )
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def settle_pages(
+    session: Session,
+    *,
+    billing_id: str,
+    customer_id: str,
+    batch_id: str | None,
+    reserved: int,
+    pages: int,
+    now: datetime,
+) -> bool:
+    """Turn a reservation into a billing row; False (and nothing billed) if already billed."""
+    already = session.scalar(select(BillingEntry.id).where(BillingEntry.id == billing_id))
+    if already is not None:
+        release_pages(session, customer_id, reserved)
+        return False
+    session.add(
+        BillingEntry(id=billing_id, customer_id=customer_id, batch_id=batch_id, pages=pages,
+                     created_at=now)
+    )
+    session.flush()  # the primary key is the guard: a concurrent duplicate fails here
+    session.execute(
+        update(Customer)
+        .where(Customer.id == customer_id)
+        .values(
+            pages_used=Customer.pages_used + pages,
+            pages_reserved=case(
+                (Customer.pages_reserved >= reserved, Customer.pages_reserved - reserved),
+                else_=0,
+            ),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return True

@@ -1,0 +1,215 @@
+"""The database schema: the record of customers, keys, files, batches, items and billing.
+
+The database is the truth (ARCHITECTURE decision 1): item state, leases, attempts, billing and
+idempotency keys live here, never in Redis or Celery's result backend. Every column that a poll
+or a sweep filters on is indexed; the migrations in ``service/migrations`` create exactly this.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Explicit constraint names so Alembic migrations are identical on Postgres and SQLite.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class FileStatus(StrEnum):
+    AWAITING_UPLOAD = "awaiting_upload"
+    UPLOADED = "uploaded"
+    EXPIRED = "expired"
+
+
+class BatchStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    PARTIALLY_FAILED = "partially_failed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_BATCH_STATUSES = frozenset(
+    {BatchStatus.COMPLETED, BatchStatus.PARTIALLY_FAILED, BatchStatus.FAILED, BatchStatus.CANCELLED}
+)
+
+
+class ItemStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_ITEM_STATUSES = frozenset({ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED})
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    # NULL quota = unlimited. Reserved pages are held by running items and settled on success.
+    page_quota: Mapped[int | None] = mapped_column(BigInteger)
+    pages_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    pages_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    # The first characters of the key, shown in listings so people can tell keys apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    # sha256 of the whole key: keys are 32 random bytes, so a fast hash is not brute-forceable.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class File(Base):
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    status: Mapped[str] = mapped_column(String(20))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str | None] = mapped_column(String(512))
+    content_type: Mapped[str | None] = mapped_column(String(128))
+    # What the client declared (the worker verifies it) and what we measured.
+    sha256_declared: Mapped[str | None] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    blob_key: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    uploaded_at: Mapped[datetime | None] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    input_deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (
+        Index("ix_files_customer_created", "customer_id", "created_at"),
+        Index("ix_files_status_expires", "status", "expires_at"),
+    )
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    status: Mapped[str] = mapped_column(String(20))
+    engine: Mapped[str | None] = mapped_column(String(100))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON)
+    total_items: Mapped[int] = mapped_column(Integer)
+    count_pending: Mapped[int] = mapped_column(Integer)
+    count_running: Mapped[int] = mapped_column(Integer, default=0)
+    count_succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    count_failed: Mapped[int] = mapped_column(Integer, default=0)
+    count_cancelled: Mapped[int] = mapped_column(Integer, default=0)
+    pages_billed: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Highest change number handed to one of this batch's items; see service/batches.py.
+    change_seq: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (
+        Index("ix_batches_customer_created", "customer_id", "created_at", "id"),
+    )
+
+
+class Item(Base):
+    __tablename__ = "items"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
+    position: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    page_count: Mapped[int | None] = mapped_column(Integer)
+    pages_done: Mapped[int] = mapped_column(Integer, default=0)
+    pages_reserved: Mapped[int] = mapped_column(Integer, default=0)
+    # Polling order: strictly increasing within a batch, assigned under the batch row lock.
+    change_seq: Mapped[int] = mapped_column(BigInteger)
+    # Dispatch and lease bookkeeping (RELIABILITY "The item task, idempotent").
+    admitted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(40))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime)
+    ocr_failures: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    result_key: Mapped[str | None] = mapped_column(String(300))
+    result_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    result_deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (
+        UniqueConstraint("batch_id", "position"),
+        Index("ix_items_batch_seq", "batch_id", "change_seq"),
+        # The dispatcher's question: this customer's oldest pending items.
+        Index("ix_items_customer_status", "customer_id", "status", "batch_id", "position"),
+        Index("ix_items_status_lease", "status", "lease_expires_at"),
+        Index("ix_items_file", "file_id"),
+    )
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # NULL while the winning request is still in flight.
+    batch_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class BillingEntry(Base):
+    """One row per billed unit of work, keyed by the item id (or a sync request's id).
+
+    The primary key is what makes billing happen once: a replayed finish inserts nothing.
+    """
+
+    __tablename__ = "billing_entries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    batch_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    pages: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

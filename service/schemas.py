@@ -1,0 +1,277 @@
+"""Request and response models, declared once.
+
+flask-openapi3 validates requests against these and generates ``/openapi.json`` from them; the
+serialisers in ``service/views.py`` build responses with the same models, so the document and
+the wire format cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from flask_openapi3 import FileStorage
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+ID_PATTERN = r"^[a-z]+_[a-z0-9]{16,40}$"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- shared pieces ---------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """The one error envelope. Endpoint-specific context (``file_ids``, ``status``) is added flat."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str = Field(description="Stable snake_case code.")
+    message: str
+    detail: list[ErrorDetail] | None = None
+
+
+class ApiKeyHeader(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    x_api_key: str | None = Field(None, alias="X-API-KEY")
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+class CreateFile(StrictModel):
+    size_bytes: int = Field(gt=0, description="Exact size of the bytes that will be PUT.")
+    filename: str | None = Field(None, max_length=512)
+    content_type: str | None = Field(None, max_length=128)
+    sha256: str | None = Field(None, description="Hex digest; when given, the worker verifies it.")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not SHA256_HEX.match(value):
+            raise ValueError("must be 64 hex characters")
+        return value.lower() if value else value
+
+
+class CreateFilesBulk(StrictModel):
+    files: list[CreateFile] = Field(min_length=1, max_length=1000)
+
+
+class UploadInstructions(BaseModel):
+    method: Literal["PUT"] = "PUT"
+    url: str
+    headers: dict[str, str]
+    expires_at: str
+
+
+class FileResource(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    customer_id: str
+    status: Literal["awaiting_upload", "uploaded", "expired"]
+    size_bytes: int
+    filename: str | None
+    content_type: str | None
+    sha256: str | None
+    created_at: str
+    expires_at: str
+    upload: UploadInstructions | None = Field(None, description="Only in the create response.")
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileResource]
+
+
+class FilePath(BaseModel):
+    file_id: str = Field(max_length=64)
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+
+class BatchOptions(StrictModel):
+    extract_text: bool = True
+    extract_images: bool = True
+    extract_tables: bool = True
+    ocr: Literal["auto", "force", "never"] = "auto"
+    languages: list[str] = Field(default_factory=lambda: ["eng"], min_length=1, max_length=8)
+
+    @field_validator("languages")
+    @classmethod
+    def _tesseract_codes(cls, value: list[str]) -> list[str]:
+        for code in value:
+            if not re.fullmatch(r"[a-z]{3}(_[a-z]{3,4})?", code, flags=re.IGNORECASE):
+                raise ValueError(f"{code!r} is not a tesseract language code (like 'eng')")
+        return value
+
+
+class CreateBatch(StrictModel):
+    file_ids: list[str] = Field(min_length=1, description="1..10,000 unique file ids.")
+    options: BatchOptions = Field(default_factory=BatchOptions)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    engine: str | None = Field(None, max_length=100)
+
+    @field_validator("file_ids")
+    @classmethod
+    def _unique_ids(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("file_ids must be unique")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 16:
+            raise ValueError("at most 16 metadata keys")
+        for key, text in value.items():
+            if len(key) > 64:
+                raise ValueError(f"metadata key {key[:20]!r}... is longer than 64 characters")
+            if len(text) > 512:
+                raise ValueError(f"metadata value of {key!r} is longer than 512 characters")
+        return value
+
+
+class IdempotencyHeader(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    idempotency_key: str | None = Field(None, alias="Idempotency-Key", max_length=255)
+
+
+class ItemError(BaseModel):
+    code: str
+    message: str
+
+
+class ItemResource(BaseModel):
+    id: str
+    object: Literal["batch_item"] = "batch_item"
+    batch_id: str
+    file_id: str
+    position: int
+    status: Literal["pending", "running", "succeeded", "failed", "cancelled"]
+    attempts: int
+    page_count: int | None
+    pages_done: int
+    started_at: str | None
+    completed_at: str | None
+    updated_at: str
+    result_url: str | None
+    error: ItemError | None
+
+
+class BatchCounts(BaseModel):
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class BatchResource(BaseModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    status: Literal["pending", "running", "completed", "partially_failed", "failed", "cancelled"]
+    counts: BatchCounts
+    total_items: int
+    engine: str | None
+    options: BatchOptions
+    metadata: dict[str, str]
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    cancel_requested_at: str | None
+    expires_at: str
+    pages_billed: int
+    items: list[ItemResource] | None = None
+    next_cursor: str | None = None
+
+
+class BatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchResource]
+    next_cursor: str | None
+
+
+class BatchPath(BaseModel):
+    batch_id: str = Field(max_length=64)
+
+
+class ItemPath(BaseModel):
+    batch_id: str = Field(max_length=64)
+    item_id: str = Field(max_length=64)
+
+
+class PollQuery(BaseModel):
+    cursor: str | None = Field(None, max_length=512)
+    limit: int = Field(100, ge=1, le=500)
+
+
+class ListBatchesQuery(BaseModel):
+    status: Literal["pending", "running", "completed", "partially_failed", "failed", "cancelled"] | None = None
+    cursor: str | None = Field(None, max_length=512)
+    limit: int = Field(50, ge=1, le=200)
+
+
+class ResultQuery(BaseModel):
+    inline: bool = False
+
+
+# --- sync extraction -------------------------------------------------------------------------
+
+
+class ExtractForm(BaseModel):
+    """multipart/form-data: the file plus the batch option fields, as form values."""
+
+    file: FileStorage
+    extract_text: bool = True
+    extract_images: bool = True
+    extract_tables: bool = True
+    ocr: Literal["auto", "force", "never"] = "auto"
+    languages: list[str] | None = Field(None, description="Repeat the field or comma-separate.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_languages(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("languages"), str):
+            data = {**data, "languages": [p.strip() for p in data["languages"].split(",") if p.strip()]}
+        return data
+
+
+class Chunk(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    chunk_type: Literal["text", "table", "image"]
+    page_no: int
+    bbox: list[float]
+    page_content: str
+    source: Literal["text_layer", "ocr"]
+    confidence: float | None = None
+
+
+class ExtractedFile(BaseModel):
+    id: str | None
+    filename: str | None
+    content_type: str | None
+    sha256: str | None
+    size_bytes: int
+
+
+class ExtractionResult(BaseModel):
+    object: Literal["extraction"] = "extraction"
+    page_count: int
+    pages_billed: int
+    file: ExtractedFile
+    chunks: list[Chunk]
+    warnings: list[str]
+
+
+class HealthResponse(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,94 @@
+"""The Celery application factory and its configuration, each knob with its reason.
+
+Workers run ``celery -A tasks.worker worker``; the API builds the same app only to publish.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+
+from service.settings import Settings
+
+PROCESS_ITEM = "pagelane.process_item"
+QUEUE_ITEMS = "items"
+QUEUE_SWEEPS = "sweeps"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    hard_limit = settings.task_time_limit_seconds
+    return {
+        "broker_url": settings.require_redis(),
+        # Items are in Postgres; a result backend would be a second, weaker record.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # JSON only: a message can never make a worker unpickle attacker-controlled bytes.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # Acknowledge after the task ran: a worker that dies mid-item leaves its message to be
+        # redelivered. Safe because process_item is idempotent (conditional claim).
+        "task_acks_late": True,
+        # A task killed by its worker dying is acknowledged, not redelivered at once: the
+        # requeue sweep brings the item back after its lease and counts the attempt, so a
+        # document that kills its worker every time stops at the attempt cap (RELIABILITY T3).
+        "task_reject_on_worker_lost": False,
+        # Long tasks: never hold more than the one being worked on, so others can take the rest.
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": hard_limit,
+        "task_soft_time_limit": max(hard_limit - 30, int(hard_limit * 0.9)),
+        # Redis redelivers anything unacknowledged after this long; settings.py checks that it
+        # exceeds twice the hard limit plus any retry wait (celery#5935).
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+            "socket_timeout": 15,
+            "socket_connect_timeout": 5,
+        },
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # retry forever: Redis restarts are routine
+        "broker_heartbeat": 0,
+        # On connection loss the unacknowledged message will come back; stop working on it
+        # instead of finishing a task whose message a second worker may already hold.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # pdfium, Pillow and tesseract buffers grow; recycle children before they bloat.
+        "worker_max_tasks_per_child": 200,
+        "worker_max_memory_per_child": 1_000_000,  # KiB
+        "task_default_queue": QUEUE_ITEMS,
+        "task_routes": {"pagelane.sweep.*": {"queue": QUEUE_SWEEPS}},
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "timezone": "UTC",
+        "beat_schedule": beat_schedule(settings),
+    }
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    # Every entry expires before its next run, so a backlog of sweeps never piles up in the
+    # broker while workers are down; every sweep is idempotent, so a late one is harmless.
+    def every(seconds: float, task: str) -> dict[str, Any]:
+        return {
+            "task": task,
+            "schedule": timedelta(seconds=seconds),
+            "options": {"expires": seconds * 0.9, "queue": QUEUE_SWEEPS},
+        }
+
+    tick = max(1.0, min(5.0, settings.lease_seconds / 6))
+    return {
+        "dispatch-pending": every(tick, "pagelane.sweep.dispatch_pending"),
+        "requeue-stale-items": every(tick * 2, "pagelane.sweep.requeue_stale_items"),
+        "redispatch-lost-items": every(30, "pagelane.sweep.redispatch_lost_items"),
+        "expire-uploads": every(60, "pagelane.sweep.expire_uploads"),
+        "delete-expired-blobs": every(300, "pagelane.sweep.delete_expired_blobs"),
+        "prune-idempotency-keys": every(3600, "pagelane.sweep.prune_idempotency_keys"),
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("pagelane", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,139 @@
+"""Admission: pending items wait in the database; at most ``cap`` per customer are in flight.
+
+An item is *admitted* when it holds one of its customer's semaphore slots and a Celery message
+has been published for it (``admitted_at`` set). Admitting reserves the slot before publishing
+(RELIABILITY "Fairness"), so the broker never holds more than the sum of the caps and one
+customer's 10,000 pending items never stand in front of another customer's first item.
+
+Admission is triggered after a batch commits, when an item finishes (its slot frees), and by a
+beat tick as a backstop. Any number of dispatchers may run at once: the semaphore bounds them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.clock import utcnow
+from service.models import Customer, Item, ItemStatus
+from tasks.semaphore import CustomerSemaphore
+
+log = logging.getLogger("pagelane.dispatch")
+
+Publish = Callable[[str], None]
+
+
+@dataclass
+class Dispatcher:
+    session_factory: sessionmaker[Session]
+    semaphore: CustomerSemaphore
+    publish: Publish
+    # How long an admitted item may sit in the broker before its slot lapses; the
+    # redispatch sweep re-publishes and renews long before that.
+    admission_lease_seconds: float
+
+    def admit(self, customer_id: str) -> int:
+        """Admit this customer's oldest eligible pending items up to its free slots."""
+        admitted = 0
+        with self.session_factory() as session:
+            cap = session.scalar(select(Customer.concurrency).where(Customer.id == customer_id))
+            if cap is None:
+                return 0
+            candidates = self._candidates(session, customer_id, cap)
+        if not candidates:
+            return 0
+        pruned = False
+        for item_id in candidates:
+            if not self.semaphore.acquire(
+                customer_id, item_id, cap=cap, lease_seconds=self.admission_lease_seconds
+            ):
+                # Slots may be held by items that ended without releasing (a crash between
+                # commit and release): drop those once, then try again.
+                if pruned or not self.prune_holders(customer_id):
+                    break
+                pruned = True
+                if not self.semaphore.acquire(
+                    customer_id, item_id, cap=cap, lease_seconds=self.admission_lease_seconds
+                ):
+                    break
+            if self._mark_admitted(item_id):
+                self.publish(item_id)
+                admitted += 1
+            else:  # cancelled or taken meanwhile
+                self.semaphore.release(customer_id, [item_id])
+        return admitted
+
+    def admit_all(self) -> int:
+        """Round-robin over every customer with eligible pending items (the beat backstop)."""
+        now = utcnow()
+        with self.session_factory() as session:
+            customers = list(
+                session.scalars(
+                    select(Item.customer_id)
+                    .where(
+                        Item.status == ItemStatus.PENDING,
+                        Item.admitted_at.is_(None),
+                        or_(Item.retry_at.is_(None), Item.retry_at <= now),
+                    )
+                    .distinct()
+                )
+            )
+        return sum(self.admit(customer_id) for customer_id in customers)
+
+    def prune_holders(self, customer_id: str) -> int:
+        """Release slots whose item is no longer admitted or running; returns how many."""
+        holders = self.semaphore.holders(customer_id)
+        if not holders:
+            return 0
+        with self.session_factory() as session:
+            live = set(
+                session.scalars(
+                    select(Item.id).where(
+                        Item.id.in_(holders),
+                        or_(
+                            Item.status == ItemStatus.RUNNING,
+                            (Item.status == ItemStatus.PENDING) & Item.admitted_at.is_not(None),
+                        ),
+                    )
+                )
+            )
+        stale = [h for h in holders if h not in live]
+        self.semaphore.release(customer_id, stale)
+        return len(stale)
+
+    def _candidates(self, session: Session, customer_id: str, cap: int) -> list[str]:
+        now = utcnow()
+        return list(
+            session.scalars(
+                select(Item.id)
+                .where(
+                    Item.customer_id == customer_id,
+                    Item.status == ItemStatus.PENDING,
+                    Item.admitted_at.is_(None),
+                    or_(Item.retry_at.is_(None), Item.retry_at <= now),
+                )
+                # Batch ids start with their creation time: oldest batch first, then position.
+                .order_by(Item.batch_id, Item.position)
+                .limit(cap)
+            )
+        )
+
+    def _mark_admitted(self, item_id: str) -> bool:
+        # Admission is not a visible state change (the item stays `pending`), so it does not
+        # take the batch lock or a change number; it is a conditional update on its own.
+        with self.session_factory() as session, session.begin():
+            result = session.execute(
+                update(Item)
+                .where(
+                    Item.id == item_id,
+                    Item.status == ItemStatus.PENDING,
+                    Item.admitted_at.is_(None),
+                )
+                .values(admitted_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,321 @@
+"""Processing one batch item: claim, fetch, extract, store, finish — idempotently.
+
+1. Claim: under the batch lock, ``pending → running`` only if still pending and admitted, with a
+   fresh lease token; a duplicate message, a cancelled or an exhausted item claims nothing.
+2. Work with no transaction open: fetch the input, probe it, reserve its pages, extract it while
+   a heartbeat renews the lease (database and semaphore) and reports progress.
+3. Finish: one transaction fenced by the lease token writes the outcome, the counters and the
+   billing row; then the slot is released and the customer's next item admitted.
+
+A worker that dies anywhere leaves a running item whose lease runs out; the requeue sweep puts
+it back to pending (or fails it with ``internal_error`` at the attempt cap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+import ocr
+from service import batches as lifecycle
+from service.billing import release_pages, reserve_pages, settle_pages
+from service.clock import utcnow
+from service.context import ServiceContext
+from service.db import transaction
+from service.engine import ocr_config
+from service.models import Batch, Customer, File, Item, ItemStatus
+from service.storage import BlobNotFoundError
+from service.uploads import result_key
+
+log = logging.getLogger("pagelane.items")
+
+
+class LeaseLostError(Exception):
+    """The item is no longer ours (cancelled, or reclaimed after our lease ran out)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    item_id: str
+    batch_id: str
+    customer_id: str
+    file_id: str
+    lease_token: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: str
+    message: str
+    transient: bool = False
+
+
+def process_item(ctx: ServiceContext, item_id: str) -> str:
+    """Run one item to an outcome; returns what happened (for logs and tests)."""
+    claim = claim_item(ctx, item_id)
+    if claim is None:
+        return "skipped"
+    try:
+        outcome = _work(ctx, claim)
+    finally:
+        # The slot is free whatever happened (a lost lease means someone else holds the item).
+        ctx.dispatcher.semaphore.release(claim.customer_id, [claim.item_id])
+        ctx.dispatcher.admit(claim.customer_id)
+    return outcome
+
+
+def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
+    settings = ctx.settings
+    semaphore = ctx.dispatcher.semaphore
+    now = utcnow()
+    with transaction(ctx.session_factory) as session:
+        row = session.execute(
+            select(Item.batch_id, Item.status, Item.admitted_at).where(Item.id == item_id)
+        ).first()
+        if row is None or row.status != ItemStatus.PENDING or row.admitted_at is None:
+            return None
+        batch = lifecycle.lock_batch(session, row.batch_id)
+        item = session.scalar(
+            select(Item).where(Item.id == item_id).execution_options(populate_existing=True)
+        )
+        if item is None or item.status != ItemStatus.PENDING or item.admitted_at is None:
+            return None
+        customer_cap = _customer_cap(session, item.customer_id)
+        # The admission slot normally still stands and this only renews it; if it lapsed and
+        # the customer is at its cap meanwhile, the item goes back to waiting, unclaimed.
+        if not semaphore.acquire(
+            item.customer_id, item.id, cap=customer_cap, lease_seconds=settings.lease_seconds
+        ):
+            item.admitted_at = None
+            return None
+        if item.attempts - item.ocr_failures >= settings.max_attempts:
+            lifecycle.move_item(
+                session, batch, item, ItemStatus.FAILED, now,
+                completed_at=now, admitted_at=None, lease_token=None, lease_expires_at=None,
+                error_code="internal_error",
+                error_message=f"gave up after {item.attempts} attempts; safe to resubmit",
+            )
+            semaphore.release(item.customer_id, [item.id])
+            return None
+        token = secrets.token_hex(16)
+        lifecycle.move_item(
+            session, batch, item, ItemStatus.RUNNING, now,
+            attempts=item.attempts + 1,
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+            started_at=item.started_at or now,
+            retry_at=None,
+        )
+        return Claim(item.id, batch.id, item.customer_id, item.file_id, token, dict(batch.options))
+
+
+def _customer_cap(session: Any, customer_id: str) -> int:
+    return int(session.scalar(select(Customer.concurrency).where(Customer.id == customer_id)))
+
+
+def _work(ctx: ServiceContext, claim: Claim) -> str:
+    settings = ctx.settings
+    store = ctx.blob_store
+    assert store is not None
+    with ctx.session_factory() as session:
+        file = session.get(File, claim.file_id)
+        assert file is not None
+    info = store.head(file.blob_key)
+    if info is None:
+        return _fail(ctx, claim, Failure("upload_missing", "the input is no longer stored"))
+    if info.size > settings.max_file_bytes:
+        return _fail(ctx, claim, Failure(
+            "document_too_large", f"the document exceeds {settings.max_file_bytes} bytes"))
+    try:
+        data = store.get(file.blob_key)
+    except BlobNotFoundError:
+        return _fail(ctx, claim, Failure("upload_missing", "the input is no longer stored"))
+    digest = hashlib.sha256(data).hexdigest()
+    if file.sha256_declared and file.sha256_declared != digest:
+        return _fail(ctx, claim, Failure(
+            "extraction_failed", "the uploaded bytes do not match the declared sha256"))
+
+    config = ocr_config(settings)
+    try:
+        pages = ocr.probe(data, config=config).page_count
+    except ocr.errors.ExtractionError as exc:
+        return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient))
+
+    with transaction(ctx.session_factory) as session:
+        reserved = reserve_pages(session, claim.customer_id, pages)
+        if reserved:
+            item = _fenced_item(session, claim)
+            if item is None:
+                release_pages(session, claim.customer_id, pages)
+                return "lease_lost"
+            item.pages_reserved = pages
+            item.page_count = pages
+    if not reserved:
+        return _fail_for_quota(ctx, claim)
+
+    heartbeat = Heartbeat(ctx, claim, pages)
+    try:
+        result = ocr.extract(
+            data, claim.options, filename=file.filename, config=config,
+            on_page=heartbeat.on_page, file_id=file.id,
+        )
+    except LeaseLostError:
+        return "lease_lost"
+    except ocr.errors.ExtractionError as exc:
+        return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient))
+    except Exception:
+        log.exception("extraction crashed", extra={"item_id": claim.item_id})
+        return _fail(ctx, claim, Failure("internal_error", "unexpected error; safe to resubmit"))
+
+    key = result_key(claim.customer_id, claim.batch_id, claim.item_id)
+    store.put(key, json.dumps(result, separators=(",", ":")).encode(),
+              content_type="application/json")
+    return _succeed(ctx, claim, key, result["page_count"], result["pages_billed"])
+
+
+class Heartbeat:
+    """Called by the engine after each page: renews the lease and reports progress."""
+
+    def __init__(self, ctx: ServiceContext, claim: Claim, pages: int) -> None:
+        self._ctx = ctx
+        self._claim = claim
+        self._interval = max(1.0, ctx.settings.lease_seconds / 4)
+        self._last = time.monotonic()
+
+    def on_page(self, pages_done: int, page_count: int) -> None:
+        if time.monotonic() - self._last < self._interval:
+            return
+        self._last = time.monotonic()
+        self.beat(pages_done)
+
+    def beat(self, pages_done: int) -> None:
+        settings = self._ctx.settings
+        now = utcnow()
+        with transaction(self._ctx.session_factory) as session:
+            batch = lifecycle.lock_batch(session, self._claim.batch_id)
+            item = _fenced_item(session, self._claim)
+            if item is None:
+                raise LeaseLostError(self._claim.item_id)
+            lifecycle.move_item(
+                session, batch, item, ItemStatus.RUNNING, now,
+                pages_done=pages_done,
+                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+            )
+        self._ctx.dispatcher.semaphore.renew(
+            self._claim.customer_id, self._claim.item_id, lease_seconds=settings.lease_seconds
+        )
+
+
+def _fenced_item(session: Any, claim: Claim) -> Item | None:
+    """Our item, only while we still hold its lease."""
+    return session.scalar(
+        select(Item)
+        .where(
+            Item.id == claim.item_id,
+            Item.status == ItemStatus.RUNNING,
+            Item.lease_token == claim.lease_token,
+        )
+        .execution_options(populate_existing=True)
+    )
+
+
+def _succeed(ctx: ServiceContext, claim: Claim, key: str, page_count: int, pages: int) -> str:
+    now = utcnow()
+    with transaction(ctx.session_factory) as session:
+        batch = lifecycle.lock_batch(session, claim.batch_id)
+        item = _fenced_item(session, claim)
+        if item is None:
+            return "lease_lost"
+        if settle_pages(
+            session, billing_id=item.id, customer_id=claim.customer_id, batch_id=batch.id,
+            reserved=item.pages_reserved, pages=pages, now=now,
+        ):
+            batch.pages_billed += pages
+        lifecycle.move_item(
+            session, batch, item, ItemStatus.SUCCEEDED, now,
+            page_count=page_count, pages_done=page_count, pages_reserved=0,
+            completed_at=now, lease_token=None, lease_expires_at=None, admitted_at=None,
+            result_key=key,
+            result_expires_at=now + timedelta(hours=ctx.settings.retention_hours),
+            error_code=None, error_message=None,
+        )
+    return "succeeded"
+
+
+def _fail(ctx: ServiceContext, claim: Claim, failure: Failure) -> str:
+    settings = ctx.settings
+    now = utcnow()
+    with transaction(ctx.session_factory) as session:
+        batch = lifecycle.lock_batch(session, claim.batch_id)
+        item = _fenced_item(session, claim)
+        if item is None:
+            return "lease_lost"
+        release_pages(session, claim.customer_id, item.pages_reserved)
+        if failure.transient and item.ocr_failures < settings.ocr_retries:
+            # Back to waiting with the slot given up; the dispatcher re-admits it once
+            # retry_at passes. Exponential backoff with full jitter.
+            delay = settings.ocr_retry_backoff_seconds * (2**item.ocr_failures)
+            delay = delay / 2 + random.uniform(0, delay / 2)
+            lifecycle.move_item(
+                session, batch, item, ItemStatus.PENDING, now,
+                ocr_failures=item.ocr_failures + 1, pages_reserved=0,
+                lease_token=None, lease_expires_at=None, admitted_at=None,
+                retry_at=now + timedelta(seconds=delay),
+            )
+            return "retrying"
+        if failure.transient:
+            failure = Failure(failure.code, f"{failure.message} (after {settings.ocr_retries} retries)")
+            ocr_failures = item.ocr_failures + 1
+        else:
+            ocr_failures = item.ocr_failures
+        lifecycle.move_item(
+            session, batch, item, ItemStatus.FAILED, now,
+            pages_reserved=0, completed_at=now, ocr_failures=ocr_failures,
+            lease_token=None, lease_expires_at=None, admitted_at=None,
+            error_code=failure.code, error_message=failure.message,
+        )
+    return f"failed:{failure.code}"
+
+
+def _fail_for_quota(ctx: ServiceContext, claim: Claim) -> str:
+    """This item and every pending item of the customer fail with payment_required."""
+    outcome = _fail(ctx, claim, Failure(
+        "payment_required", "the page quota cannot cover this document"))
+    now = utcnow()
+    with ctx.session_factory() as session:
+        batch_ids = list(
+            session.scalars(
+                select(Item.batch_id)
+                .where(Item.customer_id == claim.customer_id, Item.status == ItemStatus.PENDING)
+                .distinct()
+                .order_by(Item.batch_id)
+            )
+        )
+    released: list[str] = []
+    for batch_id in batch_ids:  # one batch lock at a time, in id order: no deadlocks
+        with transaction(ctx.session_factory) as session:
+            batch: Batch = lifecycle.lock_batch(session, batch_id)
+            released += session.scalars(
+                select(Item.id).where(
+                    Item.batch_id == batch_id,
+                    Item.status == ItemStatus.PENDING,
+                    Item.admitted_at.is_not(None),
+                )
+            )
+            lifecycle.move_items_in_bulk(
+                session, batch, ItemStatus.PENDING, ItemStatus.FAILED, now,
+                completed_at=now, admitted_at=None, error_code="payment_required",
+                error_message="the page quota of this account is used up",
+            )
+    ctx.dispatcher.semaphore.release(claim.customer_id, released)
+    return outcome

@@ -1,0 +1,223 @@
+"""Beat sweeps: the database-driven repairs that make lost Redis state harmless.
+
+Each sweep is idempotent and safe to run twice at once: rows are moved by conditional updates
+under the batch lock (a second sweep finds nothing left to move), and the candidate scans use
+``FOR UPDATE SKIP LOCKED`` on Postgres so two sweeps split the work instead of queueing.
+Each takes ``now`` as an argument so tests can drive them with an injected clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+
+from service import batches as lifecycle
+from service.billing import release_pages
+from service.context import ServiceContext
+from service.db import transaction
+from service.models import File, FileStatus, IdempotencyKey, Item, ItemStatus
+
+log = logging.getLogger("pagelane.sweeps")
+
+BATCH_SIZE = 500
+
+
+def requeue_stale_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+    """Running items whose lease ran out (their worker died): back to pending, or give up."""
+    settings = ctx.settings
+    counts = {"requeued": 0, "failed": 0}
+    with ctx.session_factory() as session:
+        stale = session.execute(
+            select(Item.id, Item.batch_id)
+            .where(Item.status == ItemStatus.RUNNING, Item.lease_expires_at < now)
+            .limit(BATCH_SIZE)
+        ).all()
+    touched_customers: set[str] = set()
+    for item_id, batch_id in stale:
+        with transaction(ctx.session_factory) as session:
+            batch = lifecycle.lock_batch(session, batch_id)
+            item = session.scalar(
+                select(Item)
+                .where(Item.id == item_id, Item.status == ItemStatus.RUNNING,
+                       Item.lease_expires_at < now)
+                .execution_options(populate_existing=True)
+            )
+            if item is None:
+                continue  # finished or renewed meanwhile, or another sweep took it
+            release_pages(session, item.customer_id, item.pages_reserved)
+            common = {"pages_reserved": 0, "lease_token": None, "lease_expires_at": None,
+                      "admitted_at": None}
+            if item.attempts - item.ocr_failures >= settings.max_attempts:
+                lifecycle.move_item(
+                    session, batch, item, ItemStatus.FAILED, now, **common, completed_at=now,
+                    error_code="internal_error",
+                    error_message=f"the worker was lost {item.attempts} times; safe to resubmit",
+                )
+                counts["failed"] += 1
+            else:
+                lifecycle.move_item(session, batch, item, ItemStatus.PENDING, now, **common)
+                counts["requeued"] += 1
+            touched_customers.add(item.customer_id)
+    for customer_id in touched_customers:
+        ctx.dispatcher.prune_holders(customer_id)
+        ctx.dispatcher.admit(customer_id)
+    return counts
+
+
+def redispatch_lost_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+    """Admitted items not started within the bound: their message was lost; publish again.
+
+    A duplicate message is harmless (the claim is conditional), a lost one would strand the
+    item forever; so when in doubt, publish.
+    """
+    bound = now - timedelta(seconds=ctx.settings.redispatch_after_seconds)
+    with ctx.session_factory() as session:
+        lost = session.execute(
+            select(Item.id, Item.customer_id)
+            .where(Item.status == ItemStatus.PENDING, Item.admitted_at < bound)
+            .limit(BATCH_SIZE)
+        ).all()
+    dispatcher = ctx.dispatcher
+    republished = 0
+    caps: dict[str, int] = {}
+    for item_id, customer_id in lost:
+        with transaction(ctx.session_factory) as session:
+            moved = session.execute(
+                update(Item)
+                .where(Item.id == item_id, Item.status == ItemStatus.PENDING,
+                       Item.admitted_at < bound)
+                .values(admitted_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+        if not moved:
+            continue
+        if customer_id not in caps:
+            caps[customer_id] = _cap(ctx, customer_id)
+        # Re-take the slot (idempotent for a holder that still has it). If Redis lost the
+        # slots and the cap is full meanwhile, the item goes back to waiting instead.
+        if dispatcher.semaphore.acquire(customer_id, item_id, cap=caps[customer_id],
+                                        lease_seconds=dispatcher.admission_lease_seconds):
+            dispatcher.publish(item_id)
+            republished += 1
+        else:
+            with transaction(ctx.session_factory) as session:
+                session.execute(update(Item).where(Item.id == item_id,
+                                                   Item.status == ItemStatus.PENDING)
+                                .values(admitted_at=None))
+    return {"republished": republished}
+
+
+def _cap(ctx: ServiceContext, customer_id: str) -> int:
+    from service.models import Customer
+
+    with ctx.session_factory() as session:
+        return int(session.scalar(select(Customer.concurrency).where(Customer.id == customer_id)))
+
+
+def expire_uploads(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+    """Never-uploaded files past their window → expired; their pending items → upload_missing."""
+    with transaction(ctx.session_factory) as session:
+        statement = (
+            select(File.id)
+            .where(File.status == FileStatus.AWAITING_UPLOAD, File.expires_at <= now)
+            .limit(BATCH_SIZE)
+        )
+        if ctx.engine.dialect.name == "postgresql":
+            statement = statement.with_for_update(skip_locked=True)
+        file_ids = list(session.scalars(statement))
+        if file_ids:
+            session.execute(
+                update(File)
+                .where(File.id.in_(file_ids), File.status == FileStatus.AWAITING_UPLOAD)
+                .values(status=FileStatus.EXPIRED)
+                .execution_options(synchronize_session=False)
+            )
+    failed = _fail_pending_items_of_files(ctx, file_ids, now) if file_ids else 0
+    return {"files_expired": len(file_ids), "items_failed": failed}
+
+
+def _fail_pending_items_of_files(ctx: ServiceContext, file_ids: list[str], now: datetime) -> int:
+    with ctx.session_factory() as session:
+        batch_ids = sorted(set(session.scalars(
+            select(Item.batch_id).where(Item.file_id.in_(file_ids),
+                                        Item.status == ItemStatus.PENDING))))
+    failed = 0
+    for batch_id in batch_ids:
+        with transaction(ctx.session_factory) as session:
+            batch = lifecycle.lock_batch(session, batch_id)
+            failed += lifecycle.move_items_in_bulk(
+                session, batch, ItemStatus.PENDING, ItemStatus.FAILED, now,
+                extra_where=[Item.file_id.in_(file_ids)],
+                completed_at=now, admitted_at=None, error_code="upload_missing",
+                error_message="the upload never happened and its window expired",
+            )
+    return failed
+
+
+def delete_expired_blobs(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+    """Inputs past retention from upload and results past retention from completion."""
+    store = ctx.blob_store
+    if store is None:
+        return {"inputs": 0, "results": 0}
+    retention = timedelta(hours=ctx.settings.retention_hours)
+    with transaction(ctx.session_factory) as session:
+        statement = (
+            select(File.id, File.blob_key)
+            .where(File.status == FileStatus.UPLOADED, File.uploaded_at <= now - retention)
+            .limit(BATCH_SIZE)
+        )
+        if ctx.engine.dialect.name == "postgresql":
+            statement = statement.with_for_update(skip_locked=True)
+        inputs = session.execute(statement).all()
+        store.delete_many([key for _, key in inputs])
+        if inputs:
+            session.execute(
+                update(File)
+                .where(File.id.in_([file_id for file_id, _ in inputs]))
+                .values(status=FileStatus.EXPIRED, input_deleted_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    with transaction(ctx.session_factory) as session:
+        statement = (
+            select(Item.id, Item.result_key)
+            .where(Item.result_key.is_not(None), Item.result_deleted_at.is_(None),
+                   Item.result_expires_at <= now)
+            .limit(BATCH_SIZE)
+        )
+        if ctx.engine.dialect.name == "postgresql":
+            statement = statement.with_for_update(skip_locked=True)
+        results = session.execute(statement).all()
+        store.delete_many([key for _, key in results if key])
+        if results:
+            # Not a visible item change (status stays succeeded); the result endpoint says 410.
+            session.execute(
+                update(Item)
+                .where(Item.id.in_([item_id for item_id, _ in results]))
+                .values(result_deleted_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    return {"inputs": len(inputs), "results": len(results)}
+
+
+def prune_idempotency_keys(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+    cutoff = now - timedelta(hours=ctx.settings.idempotency_hours)
+    with transaction(ctx.session_factory) as session:
+        result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
+    return {"pruned": int(result.rowcount or 0)}  # type: ignore[attr-defined]
+
+
+def dispatch_pending(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+    """The backstop tick: admit whatever can be admitted (retries whose wait is over, too)."""
+    return {"admitted": ctx.dispatcher.admit_all()}
+
+
+SWEEPS = {
+    "dispatch_pending": dispatch_pending,
+    "requeue_stale_items": requeue_stale_items,
+    "redispatch_lost_items": redispatch_lost_items,
+    "expire_uploads": expire_uploads,
+    "delete_expired_blobs": delete_expired_blobs,
+    "prune_idempotency_keys": prune_idempotency_keys,
+}

@@ -1,0 +1,166 @@
+"""Shared fixtures: real Postgres, real Redis, moto's S3 server on loopback.
+
+Nothing here skips when a service is missing: a missing Postgres or Redis is a failed run, not
+a green one. `.ci/run` starts them when they are not running.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+from sqlalchemy import text
+
+from service.auth import create_api_key, get_or_create_customer
+from service.context import ServiceContext, make_context
+from service.db import make_engine, transaction
+from service.migrate import upgrade
+from service.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus"
+PG_ADMIN_DSN = os.environ.get("PAGELANE_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+REDIS_TEST_URL = os.environ.get("PAGELANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+TEST_BUCKET = "pagelane-test"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PAGELANE_SKIP_SLOW") == "1":
+        skip = pytest.mark.skip(reason="PAGELANE_SKIP_SLOW=1 (CI runs these)")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
+
+
+# --- services ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for this test session, migrated to head."""
+    name = f"pagelane_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    params = dict(p.split("=", 1) for p in PG_ADMIN_DSN.split())
+    url = f"postgresql+psycopg://{params['user']}@{params['host']}:{params['port']}/{name}"
+    engine = make_engine(load_settings(database_url=url, secret_key="x"))
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    client.ping()
+    client.close()
+    return REDIS_TEST_URL
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    from tests.support.s3server import start_moto_server
+
+    server = start_moto_server()
+    yield server
+    server.stop()
+
+
+def truncate_all(database_url: str) -> None:
+    engine = make_engine(load_settings(database_url=database_url, secret_key="x"))
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text(
+                "TRUNCATE billing_entries, idempotency_keys, items, batches, files, api_keys, "
+                "customers"))
+    engine.dispose()
+
+
+# --- settings and contexts -----------------------------------------------------------------
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, redis_url: str) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "redis_url": redis_url,
+            "secret_key": "test-secret-" + secrets.token_hex(8),
+            "public_url": "http://pagelane.test",
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return build
+
+
+@pytest.fixture
+def pg_s3_settings(
+    make_settings: Callable[..., Settings], postgres_url: str, s3_server: Any
+) -> Settings:
+    """The production shape: Postgres, Redis, S3 (moto)."""
+    truncate_all(postgres_url)
+    return make_settings(
+        database_url=postgres_url,
+        blob_store="s3",
+        s3_bucket=TEST_BUCKET,
+        s3_endpoint_url=s3_server.endpoint_url,
+    )
+
+
+@pytest.fixture
+def sqlite_local_settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings:
+    """The embedded shape: SQLite file, local blobs."""
+    settings = make_settings(blob_store="local")
+    engine = make_engine(settings)
+    upgrade(engine)
+    engine.dispose()
+    return settings
+
+
+@pytest.fixture
+def flush_redis(redis_url: str) -> Iterator[None]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield
+    client.close()
+
+
+def build_context(settings: Settings) -> ServiceContext:
+    ctx = make_context(settings)
+    if ctx.blob_store is not None:
+        ctx.blob_store.ensure_ready()
+    return ctx
+
+
+def new_customer_key(
+    ctx: ServiceContext, name: str, *, quota: int | None = None, concurrency: int | None = None
+) -> tuple[str, str]:
+    """(customer_id, clear key) for a new customer."""
+    with transaction(ctx.session_factory) as session:
+        customer = get_or_create_customer(
+            session, name, default_concurrency=ctx.settings.default_concurrency,
+            quota_pages=quota, concurrency=concurrency,
+        )
+        _, key = create_api_key(session, customer)
+        return customer.id, key
+
+
+def put_upload(upload: dict[str, Any], data: bytes, flask_client: Any = None,
+               public_url: str = "http://pagelane.test") -> int:
+    """PUT bytes to a presigned upload, over real HTTP (S3) or through the app (local store)."""
+    url, headers = upload["url"], upload["headers"]
+    if url.startswith(public_url) and flask_client is not None:
+        response = flask_client.put(url[len(public_url):], data=data, headers=headers)
+        return int(response.status_code)
+    return httpx.put(url, content=data, headers=headers, timeout=30).status_code
