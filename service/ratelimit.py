@@ -37,7 +37,9 @@ class RateDecision:
 class SubmissionRateLimiter:
     def __init__(self, redis_url: str, rate: str, *, namespace: str = "pagelane") -> None:
         self._item: RateLimitItem = parse(rate)
-        self._limiter = MovingWindowRateLimiter(RedisStorage(redis_url, key_prefix=f"{namespace}:rl"))
+        self._limiter = MovingWindowRateLimiter(
+            RedisStorage(redis_url, key_prefix=f"{namespace}:rl")
+        )
 
     def hit(self, key_id: str) -> RateDecision:
         allowed = self._limiter.hit(self._item, "submit", key_id)

@@ -31,7 +31,7 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """The one error envelope. Endpoint-specific context (``file_ids``, ``status``) is added flat."""
+    """The one error envelope; endpoint context (``file_ids``, ``status``) is added flat."""
 
     model_config = ConfigDict(extra="allow")
     error: str = Field(description="Stable snake_case code.")
@@ -215,7 +215,9 @@ class PollQuery(BaseModel):
 
 
 class ListBatchesQuery(BaseModel):
-    status: Literal["pending", "running", "completed", "partially_failed", "failed", "cancelled"] | None = None
+    status: (
+        Literal["pending", "running", "completed", "partially_failed", "failed", "cancelled"] | None
+    ) = None
     cursor: str | None = Field(None, max_length=512)
     limit: int = Field(50, ge=1, le=200)
 
@@ -241,7 +243,10 @@ class ExtractForm(BaseModel):
     @classmethod
     def _split_languages(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("languages"), str):
-            data = {**data, "languages": [p.strip() for p in data["languages"].split(",") if p.strip()]}
+            data = {
+                **data,
+                "languages": [p.strip() for p in data["languages"].split(",") if p.strip()],
+            }
         return data
 
 

@@ -25,11 +25,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAGELANE_", extra="ignore", frozen=True)
 
     # --- where things live -------------------------------------------------------------------
-    data_dir: Path = Field(Path(".pagelane"), description="Embedded mode: SQLite file, local blobs, embedded Redis.")
-    database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file in the data dir.")
+    data_dir: Path = Field(
+        Path(".pagelane"), description="Embedded mode: SQLite file, local blobs, embedded Redis."
+    )
+    database_url: str = Field(
+        "", description="SQLAlchemy URL; empty = SQLite file in the data dir."
+    )
     redis_url: str = Field(
         "",
-        description="Broker, semaphores and rate limits; empty = the embedded Redis `pagelane up` starts.",
+        description="Broker, semaphores, rate limits; empty = the one `pagelane up` starts.",
     )
     blob_store: Literal["s3", "local", "none"] = Field(
         "local", description="`s3` (boto3), `local` (data dir) or `none` (sync extraction only)."
@@ -37,32 +41,54 @@ class Settings(BaseSettings):
     s3_bucket: str = Field("", description="Bucket for inputs and results (required with `s3`).")
     s3_endpoint_url: str = Field("", description="S3-compatible endpoint; empty = AWS.")
     s3_region: str = Field("us-east-1", description="Region used to sign S3 requests.")
-    public_url: str = Field("http://127.0.0.1:8080", description="Base URL clients reach the API on.")
+    public_url: str = Field(
+        "http://127.0.0.1:8080", description="Base URL clients reach the API on."
+    )
     secret_key: str = Field("", description="Signs local blob URLs (required with `local`).")
 
     # --- limits (SPEC "Limits and defaults") -----------------------------------------------
     retention_hours: int = Field(24, ge=1, description="Retention of inputs and results.")
-    idempotency_hours: int = Field(24, ge=1, description="How long an Idempotency-Key is remembered.")
+    idempotency_hours: int = Field(
+        24, ge=1, description="How long an Idempotency-Key is remembered."
+    )
     max_file_bytes: int = Field(150 * MB, gt=0, description="Largest accepted document.")
     max_pages: int = Field(1000, gt=0, description="Most pages per document.")
-    max_files_per_batch: int = Field(10_000, gt=0, le=100_000, description="Most file ids per batch.")
+    max_files_per_batch: int = Field(
+        10_000, gt=0, le=100_000, description="Most file ids per batch."
+    )
     default_concurrency: int = Field(8, gt=0, description="Running items per customer, fleet-wide.")
-    default_quota_pages: int | None = Field(None, ge=0, description="Page quota of new customers; empty = unlimited.")
-    submit_rate_limit: str = Field("60/minute", description="Submissions per key (`limits` syntax).")
+    default_quota_pages: int | None = Field(
+        None, ge=0, description="Page quota of new customers; empty = unlimited."
+    )
+    submit_rate_limit: str = Field(
+        "60/minute", description="Submissions per key (`limits` syntax)."
+    )
     upload_url_ttl_seconds: int = Field(3600, ge=60, description="Lifetime of presigned PUT URLs.")
-    result_url_ttl_seconds: int = Field(300, ge=10, description="Lifetime of presigned result GET URLs.")
+    result_url_ttl_seconds: int = Field(
+        300, ge=10, description="Lifetime of presigned result GET URLs."
+    )
 
     # --- worker ----------------------------------------------------------------------------
-    lease_seconds: int = Field(60, ge=5, description="Item lease; a worker renews it while extracting.")
+    lease_seconds: int = Field(
+        60, ge=5, description="Item lease; a worker renews it while extracting."
+    )
     redispatch_after_seconds: int = Field(
         300, ge=5, description="Admitted items not started by then are published again."
     )
-    max_attempts: int = Field(3, ge=1, description="Attempts (lost workers) before `internal_error`.")
+    max_attempts: int = Field(
+        3, ge=1, description="Attempts (lost workers) before `internal_error`."
+    )
     ocr_retries: int = Field(3, ge=0, description="Retries of a failing OCR provider.")
-    ocr_retry_backoff_seconds: float = Field(2.0, gt=0, description="First OCR retry delay (doubles).")
+    ocr_retry_backoff_seconds: float = Field(
+        2.0, gt=0, description="First OCR retry delay (doubles)."
+    )
     task_time_limit_seconds: int = Field(1800, ge=30, description="Hard limit of one item task.")
-    visibility_timeout_seconds: int = Field(7200, ge=60, description="Redis broker visibility timeout.")
-    ocr_provider: Literal["tesseract", "http", "null"] = Field("tesseract", description="OCR engine.")
+    visibility_timeout_seconds: int = Field(
+        7200, ge=60, description="Redis broker visibility timeout."
+    )
+    ocr_provider: Literal["tesseract", "http", "null"] = Field(
+        "tesseract", description="OCR engine."
+    )
     ocr_http_url: str = Field("", description="OpenAI-compatible endpoint for the `http` provider.")
     ocr_http_model: str = Field("", description="Model name for the `http` provider.")
     ocr_http_timeout_seconds: float = Field(60.0, gt=0, description="Per-request timeout (`http`).")

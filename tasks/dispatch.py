@@ -27,6 +27,12 @@ log = logging.getLogger("pagelane.dispatch")
 Publish = Callable[[str], None]
 
 
+def customer_cap(session: Session, customer_id: str) -> int:
+    """The customer's running-items cap (0 for an unknown customer: admit nothing)."""
+    cap = session.scalar(select(Customer.concurrency).where(Customer.id == customer_id))
+    return int(cap or 0)
+
+
 @dataclass
 class Dispatcher:
     session_factory: sessionmaker[Session]
@@ -40,8 +46,8 @@ class Dispatcher:
         """Admit this customer's oldest eligible pending items up to its free slots."""
         admitted = 0
         with self.session_factory() as session:
-            cap = session.scalar(select(Customer.concurrency).where(Customer.id == customer_id))
-            if cap is None:
+            cap = customer_cap(session, customer_id)
+            if not cap:
                 return 0
             candidates = self._candidates(session, customer_id, cap)
         if not candidates:

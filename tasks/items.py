@@ -32,9 +32,10 @@ from service.clock import utcnow
 from service.context import ServiceContext
 from service.db import transaction
 from service.engine import ocr_config
-from service.models import Batch, Customer, File, Item, ItemStatus
+from service.models import Batch, File, Item, ItemStatus
 from service.storage import BlobNotFoundError
 from service.uploads import result_key
+from tasks.dispatch import customer_cap
 
 log = logging.getLogger("pagelane.items")
 
@@ -90,18 +91,25 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
         )
         if item is None or item.status != ItemStatus.PENDING or item.admitted_at is None:
             return None
-        customer_cap = _customer_cap(session, item.customer_id)
+        cap = customer_cap(session, item.customer_id)
         # The admission slot normally still stands and this only renews it; if it lapsed and
         # the customer is at its cap meanwhile, the item goes back to waiting, unclaimed.
         if not semaphore.acquire(
-            item.customer_id, item.id, cap=customer_cap, lease_seconds=settings.lease_seconds
+            item.customer_id, item.id, cap=cap, lease_seconds=settings.lease_seconds
         ):
             item.admitted_at = None
             return None
         if item.attempts - item.ocr_failures >= settings.max_attempts:
             lifecycle.move_item(
-                session, batch, item, ItemStatus.FAILED, now,
-                completed_at=now, admitted_at=None, lease_token=None, lease_expires_at=None,
+                session,
+                batch,
+                item,
+                ItemStatus.FAILED,
+                now,
+                completed_at=now,
+                admitted_at=None,
+                lease_token=None,
+                lease_expires_at=None,
                 error_code="internal_error",
                 error_message=f"gave up after {item.attempts} attempts; safe to resubmit",
             )
@@ -109,7 +117,11 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
             return None
         token = secrets.token_hex(16)
         lifecycle.move_item(
-            session, batch, item, ItemStatus.RUNNING, now,
+            session,
+            batch,
+            item,
+            ItemStatus.RUNNING,
+            now,
             attempts=item.attempts + 1,
             lease_token=token,
             lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
@@ -117,10 +129,6 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
             retry_at=None,
         )
         return Claim(item.id, batch.id, item.customer_id, item.file_id, token, dict(batch.options))
-
-
-def _customer_cap(session: Any, customer_id: str) -> int:
-    return int(session.scalar(select(Customer.concurrency).where(Customer.id == customer_id)))
 
 
 def _work(ctx: ServiceContext, claim: Claim) -> str:
@@ -134,16 +142,22 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
     if info is None:
         return _fail(ctx, claim, Failure("upload_missing", "the input is no longer stored"))
     if info.size > settings.max_file_bytes:
-        return _fail(ctx, claim, Failure(
-            "document_too_large", f"the document exceeds {settings.max_file_bytes} bytes"))
+        return _fail(
+            ctx,
+            claim,
+            Failure("document_too_large", f"the document exceeds {settings.max_file_bytes} bytes"),
+        )
     try:
         data = store.get(file.blob_key)
     except BlobNotFoundError:
         return _fail(ctx, claim, Failure("upload_missing", "the input is no longer stored"))
     digest = hashlib.sha256(data).hexdigest()
     if file.sha256_declared and file.sha256_declared != digest:
-        return _fail(ctx, claim, Failure(
-            "extraction_failed", "the uploaded bytes do not match the declared sha256"))
+        return _fail(
+            ctx,
+            claim,
+            Failure("extraction_failed", "the uploaded bytes do not match the declared sha256"),
+        )
 
     config = ocr_config(settings)
     try:
@@ -166,8 +180,12 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
     heartbeat = Heartbeat(ctx, claim, pages)
     try:
         result = ocr.extract(
-            data, claim.options, filename=file.filename, config=config,
-            on_page=heartbeat.on_page, file_id=file.id,
+            data,
+            claim.options,
+            filename=file.filename,
+            config=config,
+            on_page=heartbeat.on_page,
+            file_id=file.id,
         )
     except LeaseLostError:
         return "lease_lost"
@@ -178,8 +196,9 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
         return _fail(ctx, claim, Failure("internal_error", "unexpected error; safe to resubmit"))
 
     key = result_key(claim.customer_id, claim.batch_id, claim.item_id)
-    store.put(key, json.dumps(result, separators=(",", ":")).encode(),
-              content_type="application/json")
+    store.put(
+        key, json.dumps(result, separators=(",", ":")).encode(), content_type="application/json"
+    )
     return _succeed(ctx, claim, key, result["page_count"], result["pages_billed"])
 
 
@@ -207,7 +226,11 @@ class Heartbeat:
             if item is None:
                 raise LeaseLostError(self._claim.item_id)
             lifecycle.move_item(
-                session, batch, item, ItemStatus.RUNNING, now,
+                session,
+                batch,
+                item,
+                ItemStatus.RUNNING,
+                now,
                 pages_done=pages_done,
                 lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
             )
@@ -237,17 +260,32 @@ def _succeed(ctx: ServiceContext, claim: Claim, key: str, page_count: int, pages
         if item is None:
             return "lease_lost"
         if settle_pages(
-            session, billing_id=item.id, customer_id=claim.customer_id, batch_id=batch.id,
-            reserved=item.pages_reserved, pages=pages, now=now,
+            session,
+            billing_id=item.id,
+            customer_id=claim.customer_id,
+            batch_id=batch.id,
+            reserved=item.pages_reserved,
+            pages=pages,
+            now=now,
         ):
             batch.pages_billed += pages
         lifecycle.move_item(
-            session, batch, item, ItemStatus.SUCCEEDED, now,
-            page_count=page_count, pages_done=page_count, pages_reserved=0,
-            completed_at=now, lease_token=None, lease_expires_at=None, admitted_at=None,
+            session,
+            batch,
+            item,
+            ItemStatus.SUCCEEDED,
+            now,
+            page_count=page_count,
+            pages_done=page_count,
+            pages_reserved=0,
+            completed_at=now,
+            lease_token=None,
+            lease_expires_at=None,
+            admitted_at=None,
             result_key=key,
             result_expires_at=now + timedelta(hours=ctx.settings.retention_hours),
-            error_code=None, error_message=None,
+            error_code=None,
+            error_message=None,
         )
     return "succeeded"
 
@@ -267,30 +305,49 @@ def _fail(ctx: ServiceContext, claim: Claim, failure: Failure) -> str:
             delay = settings.ocr_retry_backoff_seconds * (2**item.ocr_failures)
             delay = delay / 2 + random.uniform(0, delay / 2)
             lifecycle.move_item(
-                session, batch, item, ItemStatus.PENDING, now,
-                ocr_failures=item.ocr_failures + 1, pages_reserved=0,
-                lease_token=None, lease_expires_at=None, admitted_at=None,
+                session,
+                batch,
+                item,
+                ItemStatus.PENDING,
+                now,
+                ocr_failures=item.ocr_failures + 1,
+                pages_reserved=0,
+                lease_token=None,
+                lease_expires_at=None,
+                admitted_at=None,
                 retry_at=now + timedelta(seconds=delay),
             )
             return "retrying"
         if failure.transient:
-            failure = Failure(failure.code, f"{failure.message} (after {settings.ocr_retries} retries)")
+            failure = Failure(
+                failure.code, f"{failure.message} (after {settings.ocr_retries} retries)"
+            )
             ocr_failures = item.ocr_failures + 1
         else:
             ocr_failures = item.ocr_failures
         lifecycle.move_item(
-            session, batch, item, ItemStatus.FAILED, now,
-            pages_reserved=0, completed_at=now, ocr_failures=ocr_failures,
-            lease_token=None, lease_expires_at=None, admitted_at=None,
-            error_code=failure.code, error_message=failure.message,
+            session,
+            batch,
+            item,
+            ItemStatus.FAILED,
+            now,
+            pages_reserved=0,
+            completed_at=now,
+            ocr_failures=ocr_failures,
+            lease_token=None,
+            lease_expires_at=None,
+            admitted_at=None,
+            error_code=failure.code,
+            error_message=failure.message,
         )
     return f"failed:{failure.code}"
 
 
 def _fail_for_quota(ctx: ServiceContext, claim: Claim) -> str:
     """This item and every pending item of the customer fail with payment_required."""
-    outcome = _fail(ctx, claim, Failure(
-        "payment_required", "the page quota cannot cover this document"))
+    outcome = _fail(
+        ctx, claim, Failure("payment_required", "the page quota cannot cover this document")
+    )
     now = utcnow()
     with ctx.session_factory() as session:
         batch_ids = list(
@@ -313,8 +370,14 @@ def _fail_for_quota(ctx: ServiceContext, claim: Claim) -> str:
                 )
             )
             lifecycle.move_items_in_bulk(
-                session, batch, ItemStatus.PENDING, ItemStatus.FAILED, now,
-                completed_at=now, admitted_at=None, error_code="payment_required",
+                session,
+                batch,
+                ItemStatus.PENDING,
+                ItemStatus.FAILED,
+                now,
+                completed_at=now,
+                admitted_at=None,
+                error_code="payment_required",
                 error_message="the page quota of this account is used up",
             )
     ctx.dispatcher.semaphore.release(claim.customer_id, released)

@@ -21,7 +21,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local expiry = now + tonumber(ARGV[3])
-if (not redis.call('ZSCORE', KEYS[1], ARGV[1])) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+local holding = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not holding) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   return 0
 end
 redis.call('ZADD', KEYS[1], expiry, ARGV[1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, select, update
 
@@ -18,6 +19,7 @@ from service.billing import release_pages
 from service.context import ServiceContext
 from service.db import transaction
 from service.models import File, FileStatus, IdempotencyKey, Item, ItemStatus
+from tasks.dispatch import customer_cap
 
 log = logging.getLogger("pagelane.sweeps")
 
@@ -40,18 +42,31 @@ def requeue_stale_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
             batch = lifecycle.lock_batch(session, batch_id)
             item = session.scalar(
                 select(Item)
-                .where(Item.id == item_id, Item.status == ItemStatus.RUNNING,
-                       Item.lease_expires_at < now)
+                .where(
+                    Item.id == item_id,
+                    Item.status == ItemStatus.RUNNING,
+                    Item.lease_expires_at < now,
+                )
                 .execution_options(populate_existing=True)
             )
             if item is None:
                 continue  # finished or renewed meanwhile, or another sweep took it
             release_pages(session, item.customer_id, item.pages_reserved)
-            common = {"pages_reserved": 0, "lease_token": None, "lease_expires_at": None,
-                      "admitted_at": None}
+            common = {
+                "pages_reserved": 0,
+                "lease_token": None,
+                "lease_expires_at": None,
+                "admitted_at": None,
+            }
             if item.attempts - item.ocr_failures >= settings.max_attempts:
                 lifecycle.move_item(
-                    session, batch, item, ItemStatus.FAILED, now, **common, completed_at=now,
+                    session,
+                    batch,
+                    item,
+                    ItemStatus.FAILED,
+                    now,
+                    **common,
+                    completed_at=now,
                     error_code="internal_error",
                     error_message=f"the worker was lost {item.attempts} times; safe to resubmit",
                 )
@@ -86,34 +101,35 @@ def redispatch_lost_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
         with transaction(ctx.session_factory) as session:
             moved = session.execute(
                 update(Item)
-                .where(Item.id == item_id, Item.status == ItemStatus.PENDING,
-                       Item.admitted_at < bound)
+                .where(
+                    Item.id == item_id, Item.status == ItemStatus.PENDING, Item.admitted_at < bound
+                )
                 .values(admitted_at=now)
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
         if not moved:
             continue
         if customer_id not in caps:
-            caps[customer_id] = _cap(ctx, customer_id)
+            with ctx.session_factory() as session:
+                caps[customer_id] = customer_cap(session, customer_id)
         # Re-take the slot (idempotent for a holder that still has it). If Redis lost the
         # slots and the cap is full meanwhile, the item goes back to waiting instead.
-        if dispatcher.semaphore.acquire(customer_id, item_id, cap=caps[customer_id],
-                                        lease_seconds=dispatcher.admission_lease_seconds):
+        if dispatcher.semaphore.acquire(
+            customer_id,
+            item_id,
+            cap=caps[customer_id],
+            lease_seconds=dispatcher.admission_lease_seconds,
+        ):
             dispatcher.publish(item_id)
             republished += 1
         else:
             with transaction(ctx.session_factory) as session:
-                session.execute(update(Item).where(Item.id == item_id,
-                                                   Item.status == ItemStatus.PENDING)
-                                .values(admitted_at=None))
+                session.execute(
+                    update(Item)
+                    .where(Item.id == item_id, Item.status == ItemStatus.PENDING)
+                    .values(admitted_at=None)
+                )
     return {"republished": republished}
-
-
-def _cap(ctx: ServiceContext, customer_id: str) -> int:
-    from service.models import Customer
-
-    with ctx.session_factory() as session:
-        return int(session.scalar(select(Customer.concurrency).where(Customer.id == customer_id)))
 
 
 def expire_uploads(ctx: ServiceContext, now: datetime) -> dict[str, int]:
@@ -124,9 +140,7 @@ def expire_uploads(ctx: ServiceContext, now: datetime) -> dict[str, int]:
             .where(File.status == FileStatus.AWAITING_UPLOAD, File.expires_at <= now)
             .limit(BATCH_SIZE)
         )
-        if ctx.engine.dialect.name == "postgresql":
-            statement = statement.with_for_update(skip_locked=True)
-        file_ids = list(session.scalars(statement))
+        file_ids = list(session.scalars(_skip_locked(ctx, statement)))
         if file_ids:
             session.execute(
                 update(File)
@@ -140,17 +154,29 @@ def expire_uploads(ctx: ServiceContext, now: datetime) -> dict[str, int]:
 
 def _fail_pending_items_of_files(ctx: ServiceContext, file_ids: list[str], now: datetime) -> int:
     with ctx.session_factory() as session:
-        batch_ids = sorted(set(session.scalars(
-            select(Item.batch_id).where(Item.file_id.in_(file_ids),
-                                        Item.status == ItemStatus.PENDING))))
+        batch_ids = sorted(
+            set(
+                session.scalars(
+                    select(Item.batch_id).where(
+                        Item.file_id.in_(file_ids), Item.status == ItemStatus.PENDING
+                    )
+                )
+            )
+        )
     failed = 0
     for batch_id in batch_ids:
         with transaction(ctx.session_factory) as session:
             batch = lifecycle.lock_batch(session, batch_id)
             failed += lifecycle.move_items_in_bulk(
-                session, batch, ItemStatus.PENDING, ItemStatus.FAILED, now,
+                session,
+                batch,
+                ItemStatus.PENDING,
+                ItemStatus.FAILED,
+                now,
                 extra_where=[Item.file_id.in_(file_ids)],
-                completed_at=now, admitted_at=None, error_code="upload_missing",
+                completed_at=now,
+                admitted_at=None,
+                error_code="upload_missing",
                 error_message="the upload never happened and its window expired",
             )
     return failed
@@ -168,9 +194,7 @@ def delete_expired_blobs(ctx: ServiceContext, now: datetime) -> dict[str, int]:
             .where(File.status == FileStatus.UPLOADED, File.uploaded_at <= now - retention)
             .limit(BATCH_SIZE)
         )
-        if ctx.engine.dialect.name == "postgresql":
-            statement = statement.with_for_update(skip_locked=True)
-        inputs = session.execute(statement).all()
+        inputs = session.execute(_skip_locked(ctx, statement)).all()
         store.delete_many([key for _, key in inputs])
         if inputs:
             session.execute(
@@ -180,15 +204,16 @@ def delete_expired_blobs(ctx: ServiceContext, now: datetime) -> dict[str, int]:
                 .execution_options(synchronize_session=False)
             )
     with transaction(ctx.session_factory) as session:
-        statement = (
+        result_rows = (
             select(Item.id, Item.result_key)
-            .where(Item.result_key.is_not(None), Item.result_deleted_at.is_(None),
-                   Item.result_expires_at <= now)
+            .where(
+                Item.result_key.is_not(None),
+                Item.result_deleted_at.is_(None),
+                Item.result_expires_at <= now,
+            )
             .limit(BATCH_SIZE)
         )
-        if ctx.engine.dialect.name == "postgresql":
-            statement = statement.with_for_update(skip_locked=True)
-        results = session.execute(statement).all()
+        results = session.execute(_skip_locked(ctx, result_rows)).all()
         store.delete_many([key for _, key in results if key])
         if results:
             # Not a visible item change (status stays succeeded); the result endpoint says 410.
@@ -211,6 +236,14 @@ def prune_idempotency_keys(ctx: ServiceContext, now: datetime) -> dict[str, int]
 def dispatch_pending(ctx: ServiceContext, now: datetime) -> dict[str, int]:
     """The backstop tick: admit whatever can be admitted (retries whose wait is over, too)."""
     return {"admitted": ctx.dispatcher.admit_all()}
+
+
+def _skip_locked(ctx: ServiceContext, statement: Any) -> Any:
+    """Postgres: lock the rows taken and skip those a concurrent sweep holds (SQLite has one
+    writer at a time anyway)."""
+    if ctx.engine.dialect.name == "postgresql":
+        return statement.with_for_update(skip_locked=True)
+    return statement
 
 
 SWEEPS = {

@@ -27,7 +27,9 @@ from service.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
-PG_ADMIN_DSN = os.environ.get("PAGELANE_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "PAGELANE_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+)
 REDIS_TEST_URL = os.environ.get("PAGELANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 TEST_BUCKET = "pagelane-test"
 
@@ -80,9 +82,12 @@ def truncate_all(database_url: str) -> None:
     engine = make_engine(load_settings(database_url=database_url, secret_key="x"))
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
-            connection.execute(text(
-                "TRUNCATE billing_entries, idempotency_keys, items, batches, files, api_keys, "
-                "customers"))
+            connection.execute(
+                text(
+                    "TRUNCATE billing_entries, idempotency_keys, items, batches, files, api_keys, "
+                    "customers"
+                )
+            )
     engine.dispose()
 
 
@@ -149,18 +154,25 @@ def new_customer_key(
     """(customer_id, clear key) for a new customer."""
     with transaction(ctx.session_factory) as session:
         customer = get_or_create_customer(
-            session, name, default_concurrency=ctx.settings.default_concurrency,
-            quota_pages=quota, concurrency=concurrency,
+            session,
+            name,
+            default_concurrency=ctx.settings.default_concurrency,
+            quota_pages=quota,
+            concurrency=concurrency,
         )
         _, key = create_api_key(session, customer)
         return customer.id, key
 
 
-def put_upload(upload: dict[str, Any], data: bytes, flask_client: Any = None,
-               public_url: str = "http://pagelane.test") -> int:
+def put_upload(
+    upload: dict[str, Any],
+    data: bytes,
+    flask_client: Any = None,
+    public_url: str = "http://pagelane.test",
+) -> int:
     """PUT bytes to a presigned upload, over real HTTP (S3) or through the app (local store)."""
     url, headers = upload["url"], upload["headers"]
     if url.startswith(public_url) and flask_client is not None:
-        response = flask_client.put(url[len(public_url):], data=data, headers=headers)
+        response = flask_client.put(url[len(public_url) :], data=data, headers=headers)
         return int(response.status_code)
     return httpx.put(url, content=data, headers=headers, timeout=30).status_code

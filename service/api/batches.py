@@ -9,12 +9,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Response, redirect
+from flask.typing import ResponseReturnValue
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service import batches as lifecycle
-from service.api.common import caller, json_response, service, submission_rate_limited
+from service.api.common import (
+    caller,
+    json_response,
+    responses,
+    service,
+    submission_rate_limited,
+)
 from service.clock import utcnow
 from service.db import transaction
 from service.errors import ApiError, not_found, validation_error
@@ -32,7 +39,6 @@ from service.schemas import (
     BatchPath,
     BatchResource,
     CreateBatch,
-    ErrorResponse,
     ExtractionResult,
     IdempotencyHeader,
     ItemPath,
@@ -44,7 +50,6 @@ from service.uploads import refresh_uploads
 from service.views import batch_view
 
 tag = Tag(name="batches", description="Submit, poll, cancel and read results.")
-SUBMIT_ERRORS = {s: ErrorResponse for s in (401, 402, 404, 409, 422, 429)}
 # How long a duplicate request waits for the first one with its Idempotency-Key to finish
 # before answering 409 idempotency_key_in_use.
 IDEMPOTENCY_WAIT_SECONDS = 5.0
@@ -52,10 +57,11 @@ ABANDONED_CLAIM = timedelta(minutes=2)
 
 
 def make_batches_blueprint() -> APIBlueprint:
-    bp = APIBlueprint("batches", __name__, url_prefix="/v1/batches", abp_tags=[tag],
-                      abp_security=[{"ApiKey": []}])
+    bp = APIBlueprint(
+        "batches", __name__, url_prefix="/v1/batches", abp_tags=[tag], abp_security=[{"ApiKey": []}]
+    )
 
-    @bp.post("", responses={200: BatchResource, **SUBMIT_ERRORS})
+    @bp.post("", responses=responses(BatchResource, 401, 402, 404, 409, 422, 429))
     @submission_rate_limited
     def create_batch(body: CreateBatch, header: IdempotencyHeader) -> Response:
         """Submit up to 10,000 uploaded files as one batch."""
@@ -81,7 +87,7 @@ def make_batches_blueprint() -> APIBlueprint:
         ctx.dispatcher.admit(caller().customer_id)
         return _batch_response(batch_id)
 
-    @bp.get("", responses={200: BatchList, 401: ErrorResponse, 422: ErrorResponse})
+    @bp.get("", responses=responses(BatchList, 401, 422))
     def list_batches(query: ListBatchesQuery) -> Response:
         """The caller's batches, newest first."""
         ctx = service()
@@ -93,12 +99,16 @@ def make_batches_blueprint() -> APIBlueprint:
                 position = lifecycle.decode_cursor(query.cursor, ["c", "i"])
                 created_at = _parse_naive(position["c"])
             except (lifecycle.InvalidCursorError, ValueError, TypeError) as exc:
-                raise ApiError(422, "invalid_cursor", "cursor is not one this API returned") from exc
+                raise ApiError(
+                    422, "invalid_cursor", "cursor is not one this API returned"
+                ) from exc
             statement = statement.where(
                 (Batch.created_at < created_at)
                 | ((Batch.created_at == created_at) & (Batch.id < position["i"]))
             )
-        statement = statement.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(query.limit + 1)
+        statement = statement.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(
+            query.limit + 1
+        )
         with ctx.session_factory() as session:
             rows = list(session.scalars(statement))
         page, more = rows[: query.limit], len(rows) > query.limit
@@ -111,8 +121,7 @@ def make_batches_blueprint() -> APIBlueprint:
             {"object": "list", "data": [batch_view(b) for b in page], "next_cursor": next_cursor}
         )
 
-    @bp.get("/<batch_id>", responses={200: BatchResource, 401: ErrorResponse,
-                                      404: ErrorResponse, 422: ErrorResponse})
+    @bp.get("/<batch_id>", responses=responses(BatchResource, 401, 404, 422))
     def get_batch(path: BatchPath, query: PollQuery) -> Response:
         """The batch and the items that changed after `cursor`, oldest change first."""
         try:
@@ -121,8 +130,7 @@ def make_batches_blueprint() -> APIBlueprint:
             raise ApiError(422, "invalid_cursor", str(exc)) from exc
         return _batch_response(path.batch_id, after=after, limit=query.limit, cursor=query.cursor)
 
-    @bp.post("/<batch_id>/cancel", responses={200: BatchResource, 401: ErrorResponse,
-                                              404: ErrorResponse})
+    @bp.post("/<batch_id>/cancel", responses=responses(BatchResource, 401, 404))
     def cancel_batch(path: BatchPath) -> Response:
         """Cancel every pending item; running items finish on their own."""
         ctx = service()
@@ -144,10 +152,11 @@ def make_batches_blueprint() -> APIBlueprint:
         ctx.dispatcher.semaphore.release(batch.customer_id, admitted)
         return json_response(body)
 
-    @bp.get("/<batch_id>/items/<item_id>/result",
-            responses={200: ExtractionResult, 401: ErrorResponse, 404: ErrorResponse,
-                       409: ErrorResponse, 410: ErrorResponse})
-    def get_result(path: ItemPath, query: ResultQuery) -> Response:
+    @bp.get(
+        "/<batch_id>/items/<item_id>/result",
+        responses=responses(ExtractionResult, 401, 404, 409, 410),
+    )
+    def get_result(path: ItemPath, query: ResultQuery) -> ResponseReturnValue:
         """302 to a short-lived signed URL of the result JSON (`?inline=true`: the JSON)."""
         ctx = service()
         with ctx.session_factory() as session:
@@ -264,8 +273,10 @@ def _batch_response(
             raise not_found("batch")
         items = lifecycle.items_page(session, batch_id, after, limit)
     # An empty page hands back the cursor it was given, so a client can poll with it forever.
-    next_cursor = lifecycle.item_cursor(items[-1].change_seq) if items else (
-        cursor or lifecycle.item_cursor(after)
+    next_cursor = (
+        lifecycle.item_cursor(items[-1].change_seq)
+        if items
+        else (cursor or lifecycle.item_cursor(after))
     )
     return json_response(batch_view(batch, items, next_cursor))
 

@@ -7,11 +7,13 @@ from functools import wraps
 from typing import Any, TypeVar, cast
 
 from flask import Response, current_app, g, jsonify
+from pydantic import BaseModel
 
 from service.auth import Principal
 from service.context import ServiceContext
 from service.errors import ApiError
 from service.ratelimit import SubmissionRateLimiter
+from service.schemas import ErrorResponse
 from service.storage import BlobStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,6 +32,11 @@ def blob_store() -> BlobStore:
     if store is None:
         raise ApiError(503, "uploads_not_configured", "this deployment has no blob store")
     return store
+
+
+def responses(ok: type[BaseModel], *error_statuses: int) -> dict[str | int, Any]:
+    """The OpenAPI responses of an endpoint: its 200 model and the error envelope elsewhere."""
+    return {200: ok, **{status: ErrorResponse for status in error_statuses}}
 
 
 def json_response(body: Any, status: int = 200) -> Response:

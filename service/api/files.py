@@ -6,14 +6,20 @@ from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import select
 
-from service.api.common import blob_store, caller, json_response, service, submission_rate_limited
+from service.api.common import (
+    blob_store,
+    caller,
+    json_response,
+    responses,
+    service,
+    submission_rate_limited,
+)
 from service.db import transaction
 from service.errors import ApiError, not_found
 from service.models import File
 from service.schemas import (
     CreateFile,
     CreateFilesBulk,
-    ErrorResponse,
     FileList,
     FilePath,
     FileResource,
@@ -22,33 +28,34 @@ from service.uploads import refresh_uploads, register_files
 from service.views import file_view
 
 tag = Tag(name="files", description="Register uploads; bytes go straight to the blob store.")
-ERRORS = {401: ErrorResponse, 404: ErrorResponse, 413: ErrorResponse, 422: ErrorResponse,
-          429: ErrorResponse, 503: ErrorResponse}
 
 
 def make_files_blueprint() -> APIBlueprint:
-    bp = APIBlueprint("files", __name__, url_prefix="/v1/files", abp_tags=[tag],
-                      abp_security=[{"ApiKey": []}])
+    bp = APIBlueprint(
+        "files", __name__, url_prefix="/v1/files", abp_tags=[tag], abp_security=[{"ApiKey": []}]
+    )
 
-    @bp.post("", responses={200: FileResource, **ERRORS})
+    @bp.post("", responses=responses(FileResource, 401, 413, 422, 429, 503))
     @submission_rate_limited
     def create_file(body: CreateFile) -> Response:
         """Register one upload; returns a presigned PUT for the bytes."""
         return json_response(_register([body])[0])
 
-    @bp.post("/bulk", responses={200: FileList, **ERRORS})
+    @bp.post("/bulk", responses=responses(FileList, 401, 413, 422, 429, 503))
     @submission_rate_limited
     def create_files_bulk(body: CreateFilesBulk) -> Response:
         """Register up to 1,000 uploads in one request (one rate-limit hit)."""
         return json_response({"object": "list", "data": _register(body.files)})
 
-    @bp.get("/<file_id>", responses={200: FileResource, 401: ErrorResponse, 404: ErrorResponse})
+    @bp.get("/<file_id>", responses=responses(FileResource, 401, 404))
     def get_file(path: FilePath) -> Response:
         """Read a file; while awaiting upload it re-checks the blob store."""
         ctx = service()
         with transaction(ctx.session_factory) as session:
             file = session.scalar(
-                select(File).where(File.id == path.file_id, File.customer_id == caller().customer_id)
+                select(File).where(
+                    File.id == path.file_id, File.customer_id == caller().customer_id
+                )
             )
             if file is None:
                 raise not_found("file")

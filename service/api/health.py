@@ -39,7 +39,8 @@ def make_health_blueprint() -> APIBlueprint:
         if ctx.blob_store is not None:
             checks["blob_store"] = "ok" if ctx.blob_store.ping() else "error: unreachable"
         ready = all(v == "ok" for v in checks.values())
-        return json_response({"status": "ok" if ready else "unavailable", "checks": checks},
-                             200 if ready else 503)
+        return json_response(
+            {"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+        )
 
     return bp

@@ -29,11 +29,14 @@ class Tenant:
         self.headers = {"X-API-KEY": self.key}
 
     def get(self, path: str, **kwargs: Any) -> Any:
-        return self.client.get(path, headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs)
+        return self.client.get(
+            path, headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs
+        )
 
     def post(self, path: str, json: Any = None, **kwargs: Any) -> Any:
-        return self.client.post(path, json=json,
-                                headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs)
+        return self.client.post(
+            path, json=json, headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs
+        )
 
     def register(self, data: bytes, filename: str = "doc.pdf") -> dict[str, Any]:
         response = self.post("/v1/files", {"size_bytes": len(data), "filename": filename})

@@ -82,8 +82,14 @@ def test_too_large_is_413(api_env: ApiEnv, alice: Tenant) -> None:
 
 
 def test_validation_errors_are_422_with_detail(alice: Tenant) -> None:
-    for body in ({}, {"size_bytes": 0}, {"size_bytes": "x"}, {"size_bytes": 5, "sha256": "zz"},
-                 {"size_bytes": 5, "filename": "a" * 513}, {"size_bytes": 5, "surprise": 1}):
+    for body in (
+        {},
+        {"size_bytes": 0},
+        {"size_bytes": "x"},
+        {"size_bytes": 5, "sha256": "zz"},
+        {"size_bytes": 5, "filename": "a" * 513},
+        {"size_bytes": 5, "surprise": 1},
+    ):
         response = alice.post("/v1/files", body)
         assert response.status_code == 422, body
         payload = response.get_json()
@@ -93,8 +99,11 @@ def test_validation_errors_are_422_with_detail(alice: Tenant) -> None:
 
 
 def test_malformed_json_is_422(alice: Tenant) -> None:
-    response = alice.client.post("/v1/files", data=b"{not json", headers={
-        **alice.headers, "Content-Type": "application/json"})
+    response = alice.client.post(
+        "/v1/files",
+        data=b"{not json",
+        headers={**alice.headers, "Content-Type": "application/json"},
+    )
     assert response.status_code == 422
     assert response.get_json()["error"] == "validation_error"
 

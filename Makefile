@@ -1,0 +1,76 @@
+# Pagelane — every target installs what it needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8080
+WORKERS ?= 2
+# System packages: Tesseract with the language packs the corpus needs.
+APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd tesseract-ocr-fra \
+	tesseract-ocr-deu tesseract-ocr-nld tesseract-ocr-chi-sim
+
+.DEFAULT_GOAL := help
+.PHONY: help install system-deps run test test-fast test-api lint typecheck check bench \
+	bench-api bench-extract bench-fairness bench-throughput services clean
+
+help: ## List every target
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+system-deps: ## apt-get install Tesseract and language packs (when missing and apt is usable)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "please install: $$missing" >&2; exit 1; fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: system-deps $(STAMP) ## Create .venv and install Pagelane with its dev tools
+
+run: install ## Bring the whole service up on embedded defaults (SQLite, embedded Redis, local blobs)
+	$(BIN)/pagelane up --port $(PORT) --workers $(WORKERS)
+
+services: ## Start the machine's Postgres and Redis if they are not running (tests need them)
+	@bash .ci/services.sh
+
+test: install services ## Run the whole suite (Postgres, Redis, S3 on moto, real workers, Tesseract)
+	$(BIN)/pytest -q
+
+test-fast: install services ## The suite without the slow fault-injection tests
+	PAGELANE_SKIP_SLOW=1 $(BIN)/pytest -q
+
+test-api: install services ## Only the API tests (both database backends)
+	$(BIN)/pytest -q tests/api
+
+lint: install ## ruff
+	$(BIN)/ruff check .
+
+typecheck: install ## mypy
+	$(BIN)/mypy service tasks ocr client
+
+check: lint typecheck ## lint + typecheck
+
+bench: bench-api bench-extract bench-fairness bench-throughput ## Every benchmark (prints ratios)
+
+bench-api: install services ## API latency: 10,000-id submits, polling, bulk registration
+	$(BIN)/python bench/api.py
+
+bench-extract: install ## Extraction engine speed and OCR quality
+	$(BIN)/python bench/extract_speed.py
+	$(BIN)/python bench/ocr_quality.py
+
+bench-fairness: install services ## Customer B's time-to-start behind A's 10,000 items
+	$(BIN)/python bench/fairness.py
+
+bench-throughput: install services ## Pages/s through the whole system vs the bare engine
+	$(BIN)/python bench/throughput.py
+
+clean: ## Remove the virtualenv, caches and the embedded data dir
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pagelane *.egg-info

@@ -1,0 +1,93 @@
+"""A live stack: the API in-process (Flask test client), real worker and beat subprocesses,
+Postgres, Redis and moto's S3 server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.app import create_app
+from service.context import ServiceContext
+from service.settings import Settings
+from tests.api.conftest import Tenant
+from tests.conftest import CORPUS, TEST_BUCKET, build_context, new_customer_key, truncate_all
+from tests.support.stack import Proc, start_beat, start_worker, wait_for
+
+TERMINAL = {"completed", "partially_failed", "failed", "cancelled"}
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    ctx: ServiceContext
+    client: Any
+    tmp: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def tenant(self, name: str, **kwargs: Any) -> Tenant:
+        customer_id, key = new_customer_key(self.ctx, name, **kwargs)
+        return Tenant(self.client, customer_id, key)
+
+    def worker(self, **kwargs: Any) -> Proc:
+        proc = start_worker(self.settings, self.tmp, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def beat(self) -> Proc:
+        proc = start_beat(self.settings, self.tmp)
+        self.procs.append(proc)
+        return proc
+
+    def wait_terminal(self, tenant: Tenant, batch_id: str, timeout: float = 120) -> dict[str, Any]:
+        def terminal() -> dict[str, Any] | None:
+            body = tenant.get(f"/v1/batches/{batch_id}?limit=1").get_json()
+            return body if body["status"] in TERMINAL else None
+
+        try:
+            return wait_for(terminal, timeout, 0.3, f"batch {batch_id} to finish")
+        except AssertionError:
+            for proc in self.procs:
+                print(f"---- {proc.argv[3:5]} log ----\n{proc.log()[-6000:]}")
+            raise
+
+
+@pytest.fixture
+def stack_settings(
+    make_settings: Any, postgres_url: str, s3_server: Any, flush_redis: None
+) -> Settings:
+    truncate_all(postgres_url)
+    return make_settings(
+        database_url=postgres_url,
+        blob_store="s3",
+        s3_bucket=TEST_BUCKET,
+        s3_endpoint_url=s3_server.endpoint_url,
+        lease_seconds=6,
+        redispatch_after_seconds=8,
+        ocr_retry_backoff_seconds=0.5,
+        task_time_limit_seconds=120,
+        visibility_timeout_seconds=600,
+    )
+
+
+@pytest.fixture
+def stack(stack_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+    ctx = build_context(stack_settings)
+    app = create_app(stack_settings, context=ctx)
+    live = Stack(stack_settings, ctx, app.test_client(), tmp_path)
+    yield live
+    for proc in live.procs:
+        proc.stop()
+    ctx.close()
+
+
+def corpus_bytes(name: str) -> bytes:
+    return (CORPUS / name).read_bytes()
+
+
+def settle(seconds: float) -> None:
+    time.sleep(seconds)
