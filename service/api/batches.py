@@ -9,10 +9,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Response, redirect
-from flask.typing import ResponseReturnValue
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from werkzeug.wrappers import Response as BaseResponse
 
 from service import batches as lifecycle
 from service.api.common import (
@@ -156,7 +156,7 @@ def make_batches_blueprint() -> APIBlueprint:
         "/<batch_id>/items/<item_id>/result",
         responses=responses(ExtractionResult, 401, 404, 409, 410),
     )
-    def get_result(path: ItemPath, query: ResultQuery) -> ResponseReturnValue:
+    def get_result(path: ItemPath, query: ResultQuery) -> BaseResponse:
         """302 to a short-lived signed URL of the result JSON (`?inline=true`: the JSON)."""
         ctx = service()
         with ctx.session_factory() as session:
