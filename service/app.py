@@ -33,6 +33,9 @@ def create_app(
     context = context or make_context(settings)
     if check_schema:
         check_schema_current(context.engine)
+    if context.blob_store is not None:
+        # Fail at boot on a missing bucket or unwritable directory, not on the first upload.
+        context.blob_store.ensure_ready()
 
     app = OpenAPI(
         __name__,

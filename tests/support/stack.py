@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -114,6 +115,13 @@ def start_worker(
 def start_beat(settings: Settings, tmp: Path) -> Proc:
     argv = [sys.executable, "-m", "service.cli", "beat", "--loglevel", "INFO"]
     return Proc(argv, settings_env(settings), tmp / "beat.log")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_for(

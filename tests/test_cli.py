@@ -1,0 +1,105 @@
+"""The `pagelane` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import CORPUS
+from tests.support.stack import REPO, free_port, wait_for
+
+
+def pagelane(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, check=check, timeout=120)
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGELANE_")}
+    env.update(PAGELANE_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(REPO))
+    return env
+
+
+def test_db_upgrade_keys_and_customers(cli_env: dict[str, str]) -> None:
+    upgraded = pagelane("db", "upgrade", env=cli_env)
+    assert "database at revision" in upgraded.stdout
+
+    created = pagelane("keys", "create", "--customer", "acme", "--quota-pages", "500",
+                       "--concurrency", "3", env=cli_env)
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("pl_") and len(key) > 30
+    second = pagelane("keys", "create", "--customer", "acme", env=cli_env)
+    assert second.stdout.strip().splitlines()[-1] != key
+
+    listing = pagelane("customers", "list", env=cli_env).stdout
+    row = next(line for line in listing.splitlines() if " acme " in line)
+    assert row.split()[-4:] == ["500", "0", "3", "2"]
+
+    revoked = pagelane("keys", "revoke", key[:10], env=cli_env)
+    assert "revoked key_" in revoked.stdout
+    listing = pagelane("customers", "list", env=cli_env).stdout
+    assert next(line for line in listing.splitlines() if " acme " in line).split()[-1] == "1"
+    again = pagelane("keys", "revoke", key[:10], env=cli_env, check=False)
+    assert again.returncode != 0 and "0 active keys" in again.stderr
+
+
+def test_bad_configuration_is_a_clear_error(cli_env: dict[str, str]) -> None:
+    result = pagelane("worker", env={**cli_env, "PAGELANE_BLOB_STORE": "s3"}, check=False)
+    assert result.returncode != 0
+    assert "PAGELANE_S3_BUCKET" in result.stderr
+
+
+@pytest.mark.slow
+def test_up_serves_a_batch_and_stops_cleanly(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """`make run`'s command: embedded Redis, SQLite, local blobs, API, worker and beat."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "up", "--port", str(port), "--workers", "1"],
+        env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(api), 90, 0.5, "pagelane up to be ready")
+        key = (tmp_path / "data" / "dev_api_key").read_text().strip()
+        headers = {"X-API-KEY": key}
+        data = (CORPUS / "digital-crazyones-1p.pdf").read_bytes()
+        created = httpx.post(f"{api}/v1/files", json={"size_bytes": len(data)},
+                             headers=headers).json()
+        upload = created["upload"]
+        assert httpx.put(upload["url"], content=data, headers=upload["headers"]).status_code == 200
+        batch = httpx.post(f"{api}/v1/batches", json={"file_ids": [created["id"]]},
+                           headers=headers).json()
+
+        def finished() -> dict | None:
+            body = httpx.get(f"{api}/v1/batches/{batch['id']}", headers=headers).json()
+            return body if body["status"] == "completed" else None
+
+        done = wait_for(finished, 60, 0.5, "the batch to complete")
+        item = done["items"][-1]
+        result = httpx.get(f"{api}{item['result_url']}", headers=headers,
+                           follow_redirects=True).json()
+        assert "The Crazy Ones" in " ".join(c["page_content"] for c in result["chunks"])
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert "Pagelane is up." in output and "dev key:" in output
+    # Every child (Redis, gunicorn, worker, beat) is gone with it.
+    time.sleep(1)
+    leftovers = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""
+
+
+def _ready(api: str) -> bool:
+    try:
+        return httpx.get(f"{api}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
