@@ -60,17 +60,17 @@ check: lint typecheck ## lint + typecheck
 bench: bench-api bench-extract bench-fairness bench-throughput ## Every benchmark (prints ratios)
 
 bench-api: install services ## API latency: 10,000-id submits, polling, bulk registration
-	$(BIN)/python bench/api.py
+	$(BIN)/python -m bench.api
 
 bench-extract: install ## Extraction engine speed and OCR quality
 	$(BIN)/python bench/extract_speed.py
 	$(BIN)/python bench/ocr_quality.py
 
 bench-fairness: install services ## Customer B's time-to-start behind A's 10,000 items
-	$(BIN)/python bench/fairness.py
+	$(BIN)/python -m bench.fairness
 
 bench-throughput: install services ## Pages/s through the whole system vs the bare engine
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python -m bench.throughput
 
 clean: ## Remove the virtualenv, caches and the embedded data dir
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pagelane *.egg-info

@@ -7,12 +7,15 @@ Prints, measured side by side in one run:
   * GET /v1/batches/{id} pages of 100 on a 10,000-item vs a 100-item batch (goal ratio ≤ 1.5)
   * POST /v1/files/bulk with 1,000 files (goal ≤ 1 s)
 
-Run: `make bench-api` (needs Postgres and Redis on 127.0.0.1, like the tests).
+Run: `make bench-api`, i.e. `python -m bench.api` from the repository root (needs Postgres
+and Redis on 127.0.0.1, like the tests).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,16 +27,14 @@ from typing import Any
 import psycopg
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from service.app import create_app
 from service.db import make_engine
 from service.migrate import upgrade
 from service.settings import load_settings
 from service.uploads import input_key
 from tests.conftest import build_context, new_customer_key
-from tests.support.s3server import start_moto_server
 
+REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 REDIS_URL = "redis://127.0.0.1:6379/12"
 
@@ -51,12 +52,19 @@ def main() -> None:
     name = f"pagelane_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    server = start_moto_server()
+    # moto in its own process, as S3 would be: in this process it would fight the API code
+    # for the GIL and make every S3 call look slower than it is.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    server = subprocess.Popen([sys.executable, "-m", "tests.support.s3server"],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert server.stdout is not None
+    endpoint_url = server.stdout.readline().strip()
     redis.Redis.from_url(REDIS_URL).flushdb()
     try:
-        run(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", server.endpoint_url)
+        run(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", endpoint_url)
     finally:
-        server.stop()
+        server.terminate()
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

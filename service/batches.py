@@ -20,13 +20,13 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from service.clock import utcnow
 from service.ids import new_id, new_ids_in_order
 from service.models import (
     TERMINAL_BATCH_STATUSES,
     Batch,
     BatchStatus,
     Customer,
-    File,
     Item,
     ItemStatus,
 )
@@ -92,6 +92,16 @@ def lock_batch(session: Session, batch_id: str) -> Batch:
     return batch
 
 
+def change_stamp(now: datetime) -> datetime:
+    """``updated_at`` for a change made now, under the batch lock.
+
+    Callers may have taken ``now`` before waiting for the lock (or inject a clock in tests);
+    reading the clock again here, inside the lock, keeps ``updated_at`` in the same order as
+    the change numbers.
+    """
+    return max(now, utcnow())
+
+
 def refresh_batch_status(batch: Batch, now: datetime) -> None:
     """Apply SPEC's batch status rules to the counters."""
     if batch.status in TERMINAL_BATCH_STATUSES:
@@ -114,6 +124,7 @@ def move_item(
     session: Session, batch: Batch, item: Item, new_status: ItemStatus, now: datetime, **fields: Any
 ) -> None:
     """One item's transition, with its counters; the caller holds the batch lock."""
+    stamp = change_stamp(now)
     old_status = ItemStatus(item.status)
     if old_status != new_status:
         setattr(batch, _COUNT_COLUMN[old_status], getattr(batch, _COUNT_COLUMN[old_status]) - 1)
@@ -125,7 +136,7 @@ def move_item(
         setattr(item, name, value)
     batch.change_seq += 1
     item.change_seq = batch.change_seq
-    item.updated_at = now
+    item.updated_at = stamp
     refresh_batch_status(batch, now)
 
 
@@ -151,7 +162,7 @@ def move_items_in_bulk(
         .values(
             status=to_status,
             change_seq=base + Item.position + 1,
-            updated_at=now,
+            updated_at=change_stamp(now),
             **fields,
         )
         .execution_options(synchronize_session=False)
@@ -174,14 +185,14 @@ def create_batch(
     session: Session,
     *,
     customer: Customer,
-    files: Sequence[File],
+    file_ids: Sequence[str],
     options: dict[str, Any],
     metadata: dict[str, str],
     engine: str | None,
     now: datetime,
     retention: timedelta,
 ) -> Batch:
-    """Insert the batch and its items (``files`` in position order) in one multi-row insert."""
+    """Insert the batch and its items (``file_ids`` in position order), in bulk."""
     batch = Batch(
         id=new_id("batch"),
         customer_id=customer.id,
@@ -189,14 +200,14 @@ def create_batch(
         engine=engine,
         options=options,
         metadata_=metadata,
-        total_items=len(files),
-        count_pending=len(files),
+        total_items=len(file_ids),
+        count_pending=len(file_ids),
         count_running=0,
         count_succeeded=0,
         count_failed=0,
         count_cancelled=0,
         pages_billed=0,
-        change_seq=len(files),
+        change_seq=len(file_ids),
         created_at=now,
         expires_at=now + retention,
     )
@@ -204,26 +215,55 @@ def create_batch(
     session.flush()
     # Ids generated in one go and sorted, so item id order equals position order: ties in
     # updated_at then order by item id exactly as they order by change number.
-    item_ids = new_ids_in_order("item", len(files))
+    item_ids = new_ids_in_order("item", len(file_ids))
+    columns = (
+        "id",
+        "batch_id",
+        "customer_id",
+        "file_id",
+        "position",
+        "status",
+        "attempts",
+        "pages_done",
+        "pages_reserved",
+        "ocr_failures",
+        "change_seq",
+        "updated_at",
+    )
     rows = [
-        {
-            "id": item_id,
-            "batch_id": batch.id,
-            "customer_id": customer.id,
-            "file_id": file.id,
-            "position": position,
-            "status": ItemStatus.PENDING.value,
-            "attempts": 0,
-            "pages_done": 0,
-            "pages_reserved": 0,
-            "ocr_failures": 0,
-            "change_seq": position + 1,
-            "updated_at": now,
-        }
-        for position, (item_id, file) in enumerate(zip(item_ids, files, strict=True))
+        (
+            item_id,
+            batch.id,
+            customer.id,
+            file_id,
+            position,
+            ItemStatus.PENDING.value,
+            0,
+            0,
+            0,
+            0,
+            position + 1,
+            now,
+        )
+        for position, (item_id, file_id) in enumerate(zip(item_ids, file_ids, strict=True))
     ]
-    for start in range(0, len(rows), 5000):
-        session.execute(insert(Item), rows[start : start + 5000])
+    if session.get_bind().dialect.name == "postgresql":
+        # COPY is several times faster than even a multi-row INSERT for 10,000 rows, and runs
+        # in the same transaction as the batch row.
+        driver = session.connection().connection.driver_connection
+        assert driver is not None
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(f"COPY items ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+    else:
+        for start in range(0, len(rows), 5000):
+            session.execute(
+                insert(Item),
+                [dict(zip(columns, row, strict=True)) for row in rows[start : start + 5000]],
+            )
     return batch
 
 
@@ -250,11 +290,13 @@ def quota_exhausted(customer: Customer) -> bool:
 # --- cancel ------------------------------------------------------------------------------------
 
 
-def cancel_batch(session: Session, batch_id: str, now: datetime) -> Batch:
+def cancel_batch(session: Session, batch_id: str) -> Batch:
     """Pending → cancelled in one conditional update; running items finish on their own."""
     batch = lock_batch(session, batch_id)
     if batch.status in TERMINAL_BATCH_STATUSES:
         return batch
+    # Taken inside the lock: no item can have started after this instant.
+    now = utcnow()
     if batch.cancel_requested_at is None:
         batch.cancel_requested_at = now
     move_items_in_bulk(

@@ -163,10 +163,11 @@ class BlobStore(Protocol):
         """Remove every blob in ``keys``; missing keys are not errors. S3 sends 1,000 per call."""
         ...
 
-    def list_prefix(self, prefix: str) -> Iterator[BlobInfo]:
+    def list_prefix(self, prefix: str, *, start_after: str | None = None) -> Iterator[BlobInfo]:
         """Every blob whose key starts with ``prefix`` (a plain string prefix, as S3 means it:
-        ``a/b`` matches ``a/b/c`` and ``a/bc``), in ascending key order. The iterator fetches
-        lazily (S3: 1,000 keys per call), so a caller may stop early."""
+        ``a/b`` matches ``a/b/c`` and ``a/bc``), in ascending key order, beginning after the
+        key ``start_after`` when given. The iterator fetches lazily (S3: 1,000 keys per call),
+        so a caller may stop early."""
         ...
 
     def ensure_ready(self) -> None:
@@ -446,11 +447,14 @@ class S3BlobStore(BlobStore):
                 f"{first.get('Key')!r}: {first.get('Code')} {first.get('Message')}"
             )
 
-    def list_prefix(self, prefix: str) -> Iterator[BlobInfo]:
+    def list_prefix(self, prefix: str, *, start_after: str | None = None) -> Iterator[BlobInfo]:
         _validate_prefix(prefix)
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(
-            Bucket=self._bucket, Prefix=prefix, PaginationConfig={"PageSize": S3_BATCH_LIMIT}
+            Bucket=self._bucket,
+            Prefix=prefix,
+            StartAfter=start_after or "",  # empty = from the first key
+            PaginationConfig={"PageSize": S3_BATCH_LIMIT},
         )
         with self._store_errors(f"LIST {prefix!r}"):
             for page in pages:
@@ -768,12 +772,14 @@ class LocalBlobStore(BlobStore):
         for key in keys:
             self.delete(key)
 
-    def list_prefix(self, prefix: str) -> Iterator[BlobInfo]:
+    def list_prefix(self, prefix: str, *, start_after: str | None = None) -> Iterator[BlobInfo]:
         _validate_prefix(prefix)
         directory_part = prefix.rpartition("/")[0]
         start = self._root / directory_part if directory_part else self._root
         key_prefix = f"{directory_part}/" if directory_part else ""
-        yield from self._walk_in_key_order(start, key_prefix, prefix)
+        for info in self._walk_in_key_order(start, key_prefix, prefix):
+            if start_after is None or info.key > start_after:
+                yield info
 
     def _walk_in_key_order(
         self, directory: Path, key_prefix: str, prefix: str

@@ -33,6 +33,8 @@ PG_ADMIN_DSN = os.environ.get(
 REDIS_TEST_URL = os.environ.get("PAGELANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 TEST_BUCKET = "pagelane-test"
 
+pytest_plugins = ["tests.support.live"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("PAGELANE_SKIP_SLOW") == "1":
@@ -40,6 +42,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "slow" in item.keywords:
                 item.add_marker(skip)
+
+
+FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Record a test's figures; they are printed together at the end of the run."""
+
+    def add(**figures: Any) -> None:
+        text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in figures.items())
+        request.config.stash.setdefault(FIGURES, []).append(f"{request.node.name}: {text}")
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    lines = config.stash.get(FIGURES, [])
+    if lines:
+        terminalreporter.section("figures reported by the tests")
+        for line in lines:
+            terminalreporter.line(line)
 
 
 # --- services ------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from service.errors import ApiError, not_found, validation_error
 from service.models import (
     Batch,
     Customer,
-    File,
     FileStatus,
     IdempotencyKey,
     Item,
@@ -46,7 +45,7 @@ from service.schemas import (
     PollQuery,
     ResultQuery,
 )
-from service.uploads import refresh_uploads
+from service.uploads import load_file_states, refresh_uploads
 from service.views import batch_view
 
 tag = Tag(name="batches", description="Submit, poll, cancel and read results.")
@@ -145,7 +144,7 @@ def make_batches_blueprint() -> APIBlueprint:
                     )
                 )
             )
-            batch = lifecycle.cancel_batch(session, path.batch_id, utcnow())
+            batch = lifecycle.cancel_batch(session, path.batch_id)
             body = batch_view(batch)
         # Cancelled items that held a slot give it back; their queued messages find nothing
         # claimable and do nothing.
@@ -200,15 +199,7 @@ def _submit(body: CreateBatch, idempotency_key: str | None) -> str:
     customer_id = caller().customer_id
     now = utcnow()
     with transaction(ctx.session_factory) as session:
-        files_by_id: dict[str, File] = {}
-        for start in range(0, len(body.file_ids), 5000):
-            chunk = body.file_ids[start : start + 5000]
-            files_by_id.update(
-                (f.id, f)
-                for f in session.scalars(
-                    select(File).where(File.id.in_(chunk), File.customer_id == customer_id)
-                )
-            )
+        files_by_id = load_file_states(session, customer_id, body.file_ids)
         missing = [i for i in body.file_ids if i not in files_by_id]
         if missing:
             raise _file_error(404, "file_not_found", "unknown or expired file ids", missing)
@@ -216,18 +207,19 @@ def _submit(body: CreateBatch, idempotency_key: str | None) -> str:
         assert customer is not None
         if lifecycle.quota_exhausted(customer):
             raise ApiError(402, "payment_required", "the page quota of this account is used up")
+        status = {file_id: state.status for file_id, state in files_by_id.items()}
         if ctx.blob_store is not None:
-            refresh_uploads(session, ctx.blob_store, list(files_by_id.values()))
-        expired = [i for i in body.file_ids if files_by_id[i].status == FileStatus.EXPIRED]
+            status.update(refresh_uploads(session, ctx.blob_store, files_by_id.values()))
+        expired = [i for i in body.file_ids if status[i] == FileStatus.EXPIRED]
         if expired:
             raise _file_error(404, "file_not_found", "unknown or expired file ids", expired)
-        waiting = [i for i in body.file_ids if files_by_id[i].status != FileStatus.UPLOADED]
+        waiting = [i for i in body.file_ids if status[i] != FileStatus.UPLOADED]
         if waiting:
             raise _file_error(409, "file_not_uploaded", "no bytes uploaded yet", waiting)
         batch = lifecycle.create_batch(
             session,
             customer=customer,
-            files=[files_by_id[i] for i in body.file_ids],
+            file_ids=body.file_ids,
             options=body.options.model_dump(),
             metadata=body.metadata,
             engine=body.engine,

@@ -59,8 +59,8 @@ def make_files_blueprint() -> APIBlueprint:
             )
             if file is None:
                 raise not_found("file")
-            if ctx.blob_store is not None:
-                refresh_uploads(session, ctx.blob_store, [file])
+            if ctx.blob_store is not None and refresh_uploads(session, ctx.blob_store, [file]):
+                session.refresh(file)
             return json_response(file_view(file))
 
     return bp

@@ -6,7 +6,7 @@ import re
 
 import httpx
 
-from tests.integration.conftest import Stack, corpus_bytes
+from tests.support.live import Stack, corpus_bytes
 
 
 def _collapse(text: str) -> str:

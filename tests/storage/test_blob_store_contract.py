@@ -236,6 +236,19 @@ def test_list_prefix_is_a_plain_string_prefix_in_key_order(backend: Backend) -> 
     assert sizes[backend.key("p/a/c/d")] == len(b"p/a/c/d")
 
 
+def test_list_prefix_starts_after_a_key(backend: Backend) -> None:
+    for name in ["p/a", "p/b", "p/c", "p/d"]:
+        backend.store.put(backend.key(name), b"x")
+
+    def listed(start_after: str) -> list[str]:
+        blobs = backend.store.list_prefix(backend.key("p/"), start_after=start_after)
+        return [blob.key.removeprefix(backend.prefix + "/") for blob in blobs]
+
+    assert listed(backend.key("p/b")) == ["p/c", "p/d"]  # exclusive, like S3's StartAfter
+    assert listed(backend.key("p/bb")) == ["p/c", "p/d"]  # need not exist
+    assert listed(backend.key("p/d")) == []
+
+
 def test_more_than_a_thousand_keys_are_listed_and_deleted_completely(backend: Backend) -> None:
     keys = [backend.key(f"inputs/file_{index:05d}") for index in range(1005)]
     outside = backend.key("inputs-other/file_00000")

@@ -266,3 +266,17 @@ def _request_headers(environ: dict[str, Any]) -> dict[str, str]:
         if environ.get(environ_key):
             headers[name] = environ[environ_key]
     return headers
+
+
+if __name__ == "__main__":
+    # A server in its own process (benchmarks): it then competes with the client for nothing
+    # but the CPU, as a real S3 would. Prints the endpoint, serves until killed.
+    import sys
+
+    standalone = start_moto_server()
+    print(standalone.endpoint_url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        standalone.stop()
+        sys.exit(0)

@@ -91,24 +91,14 @@ def start_worker(
     *,
     concurrency: int = 2,
     queues: str = "items,sweeps",
-    extra_env: dict[str, str] | None = None,
+    faults: dict[str, str] | None = None,
 ) -> Proc:
+    """A real worker; with ``faults`` it is tests.support.fault_worker's engine-faulty one."""
     name = f"w{uuid.uuid4().hex[:6]}@test"
-    env = {**settings_env(settings), **(extra_env or {})}
-    argv = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "worker",
-        "-c",
-        str(concurrency),
-        "-Q",
-        queues,
-        "-n",
-        name,
-        "--loglevel",
-        "INFO",
-    ]
+    env = {**settings_env(settings), **(faults or {})}
+    module = "tests.support.fault_worker" if faults else "service.cli"
+    argv = [sys.executable, "-m", module, "worker", f"--concurrency={concurrency}",
+            f"--queues={queues}", f"--hostname={name}", "--loglevel=INFO"]
     return Proc(argv, env, tmp / f"worker-{name}.log")
 
 

@@ -1,5 +1,6 @@
-"""A live stack: the API in-process (Flask test client), real worker and beat subprocesses,
-Postgres, Redis and moto's S3 server."""
+"""A live stack for integration and fault tests (loaded as a pytest plugin by tests/conftest.py):
+the API in-process (Flask test client), real worker and beat subprocesses, Postgres, Redis and
+moto's S3 server."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from service.app import create_app
 from service.context import ServiceContext
+from service.models import Item
 from service.settings import Settings
 from tests.api.conftest import Tenant
 from tests.conftest import CORPUS, TEST_BUCKET, build_context, new_customer_key, truncate_all
@@ -32,6 +35,28 @@ class Stack:
     def tenant(self, name: str, **kwargs: Any) -> Tenant:
         customer_id, key = new_customer_key(self.ctx, name, **kwargs)
         return Tenant(self.client, customer_id, key)
+
+    def upload_many(self, tenant: Tenant, documents: list[bytes]) -> list[str]:
+        """Register through the API in bulk; put the bytes through the store (fast)."""
+        from service.uploads import input_key
+
+        store = self.ctx.blob_store
+        assert store is not None
+        file_ids: list[str] = []
+        for start in range(0, len(documents), 1000):
+            chunk = documents[start : start + 1000]
+            files = [{"size_bytes": max(1, len(d))} for d in chunk]
+            body = tenant.post("/v1/files/bulk", {"files": files}).get_json()
+            for created, data in zip(body["data"], chunk, strict=True):
+                store.put(input_key(tenant.customer_id, created["id"]), data)
+                file_ids.append(created["id"])
+        return file_ids
+
+    def items(self, batch_id: str) -> list[Item]:
+        """The item rows, straight from the database (for assertions beyond the API)."""
+        with self.ctx.session_factory() as session:
+            return list(session.scalars(
+                select(Item).where(Item.batch_id == batch_id).order_by(Item.position)))
 
     def worker(self, **kwargs: Any) -> Proc:
         proc = start_worker(self.settings, self.tmp, **kwargs)

@@ -1,0 +1,58 @@
+"""A real `pagelane worker` whose engine can be told to misbehave (fault tests only).
+
+Production code has no test hooks; instead this entry point wraps ``ocr.extract`` the way
+OCRmyPDF's tests inject crashing engines, then runs the unmodified worker:
+
+* ``PAGELANE_FAULT_POISON=<hex>``: a document containing these bytes kills its worker process
+  (``os._exit``, as a segfault or the OOM killer would) every time it is extracted.
+* ``PAGELANE_FAULT_PROVIDER_FAILURES=1``: a document containing ``FAILn`` (n a digit) fails the
+  first n extraction calls with the engine's transient OCR provider error. Calls are counted in
+  Redis per document, so the count survives retries on other worker processes.
+* ``PAGELANE_FAULT_SLEEP=<seconds>``: every extraction sleeps first, so a test can hit items
+  mid-flight.
+
+Run: ``python -m tests.support.fault_worker worker -c 2 ...`` (the same arguments as pagelane).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import time
+from typing import Any
+
+import redis
+
+import ocr
+from service.cli import main
+
+
+def install_faults() -> None:
+    real_extract = ocr.extract
+    poison = bytes.fromhex(os.environ.get("PAGELANE_FAULT_POISON", ""))
+    provider_failures = os.environ.get("PAGELANE_FAULT_PROVIDER_FAILURES") == "1"
+    sleep = float(os.environ.get("PAGELANE_FAULT_SLEEP", "0"))
+    counter = redis.Redis.from_url(os.environ["PAGELANE_REDIS_URL"]) if provider_failures else None
+
+    def faulty_extract(data: bytes, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if sleep:
+            time.sleep(sleep)
+        if poison and poison in data:
+            os._exit(137)
+        if counter is not None:
+            wanted = re.search(rb"FAIL(\d)", data)
+            if wanted:
+                key = "fault:calls:" + hashlib.sha256(data).hexdigest()
+                if counter.incr(key) <= int(wanted.group(1)):
+                    raise ocr.errors.OCRProviderError("injected provider outage")
+        return real_extract(data, *args, **kwargs)
+
+    ocr.extract = faulty_extract  # type: ignore[assignment]
+
+
+if __name__ == "__main__":
+    install_faults()
+    sys.argv[0] = "pagelane"
+    main()
