@@ -52,8 +52,9 @@ def report(request: pytest.FixtureRequest) -> Callable[..., None]:
     """Record a test's figures; they are printed together at the end of the run."""
 
     def add(**figures: Any) -> None:
-        text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in figures.items())
+        text = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()
+        )
         request.config.stash.setdefault(FIGURES, []).append(f"{request.node.name}: {text}")
 
     return add

@@ -17,8 +17,15 @@ from tests.support.stack import REPO, free_port, wait_for
 
 
 def pagelane(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, check=check, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -32,8 +39,17 @@ def test_db_upgrade_keys_and_customers(cli_env: dict[str, str]) -> None:
     upgraded = pagelane("db", "upgrade", env=cli_env)
     assert "database at revision" in upgraded.stdout
 
-    created = pagelane("keys", "create", "--customer", "acme", "--quota-pages", "500",
-                       "--concurrency", "3", env=cli_env)
+    created = pagelane(
+        "keys",
+        "create",
+        "--customer",
+        "acme",
+        "--quota-pages",
+        "500",
+        "--concurrency",
+        "3",
+        env=cli_env,
+    )
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("pl_") and len(key) > 30
     second = pagelane("keys", "create", "--customer", "acme", env=cli_env)
@@ -63,7 +79,11 @@ def test_up_serves_a_batch_and_stops_cleanly(cli_env: dict[str, str], tmp_path: 
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "up", "--port", str(port), "--workers", "1"],
-        env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=cli_env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     api = f"http://127.0.0.1:{port}"
@@ -72,12 +92,14 @@ def test_up_serves_a_batch_and_stops_cleanly(cli_env: dict[str, str], tmp_path: 
         key = (tmp_path / "data" / "dev_api_key").read_text().strip()
         headers = {"X-API-KEY": key}
         data = (CORPUS / "digital-crazyones-1p.pdf").read_bytes()
-        created = httpx.post(f"{api}/v1/files", json={"size_bytes": len(data)},
-                             headers=headers).json()
+        created = httpx.post(
+            f"{api}/v1/files", json={"size_bytes": len(data)}, headers=headers
+        ).json()
         upload = created["upload"]
         assert httpx.put(upload["url"], content=data, headers=upload["headers"]).status_code == 200
-        batch = httpx.post(f"{api}/v1/batches", json={"file_ids": [created["id"]]},
-                           headers=headers).json()
+        batch = httpx.post(
+            f"{api}/v1/batches", json={"file_ids": [created["id"]]}, headers=headers
+        ).json()
 
         def finished() -> dict | None:
             body = httpx.get(f"{api}/v1/batches/{batch['id']}", headers=headers).json()
@@ -85,8 +107,9 @@ def test_up_serves_a_batch_and_stops_cleanly(cli_env: dict[str, str], tmp_path: 
 
         done = wait_for(finished, 60, 0.5, "the batch to complete")
         item = done["items"][-1]
-        result = httpx.get(f"{api}{item['result_url']}", headers=headers,
-                           follow_redirects=True).json()
+        result = httpx.get(
+            f"{api}{item['result_url']}", headers=headers, follow_redirects=True
+        ).json()
         assert "The Crazy Ones" in " ".join(c["page_content"] for c in result["chunks"])
     finally:
         process.send_signal(signal.SIGINT)

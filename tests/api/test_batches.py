@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from service import batches as lifecycle
 from service.clock import utcnow
+from service.context import ServiceContext
 from service.db import transaction
 from service.models import Customer, Item, ItemStatus
 from tests.api.conftest import PDF_BYTES, ApiEnv, Tenant
@@ -20,10 +21,10 @@ def _uploaded(tenant: Tenant, count: int) -> list[str]:
     return [tenant.upload(PDF_BYTES + str(n).encode()) for n in range(count)]
 
 
-def finish(env: ApiEnv, item_id: str, status: ItemStatus, **fields: Any) -> None:
+def finish(ctx: ServiceContext, item_id: str, status: ItemStatus, **fields: Any) -> None:
     """Move an item the way a worker would (under the batch lock), without a worker."""
     now = utcnow()
-    with transaction(env.ctx.session_factory) as session:
+    with transaction(ctx.session_factory) as session:
         batch_id = session.scalar(select(Item.batch_id).where(Item.id == item_id))
         batch = lifecycle.lock_batch(session, batch_id)
         item = session.get(Item, item_id, populate_existing=True)
@@ -32,7 +33,7 @@ def finish(env: ApiEnv, item_id: str, status: ItemStatus, **fields: Any) -> None
         lifecycle.move_item(session, batch, item, status, now, **{**extra, **fields})
 
 
-def succeed_with_result(env: ApiEnv, tenant: Tenant, batch_id: str, item_id: str) -> dict:
+def succeed_with_result(ctx: ServiceContext, tenant: Tenant, batch_id: str, item_id: str) -> dict:
     from datetime import timedelta
 
     from service.uploads import result_key
@@ -46,11 +47,11 @@ def succeed_with_result(env: ApiEnv, tenant: Tenant, batch_id: str, item_id: str
         "file": {},
     }
     key = result_key(tenant.customer_id, batch_id, item_id)
-    assert env.ctx.blob_store is not None
-    env.ctx.blob_store.put(key, json.dumps(result).encode(), content_type="application/json")
-    finish(env, item_id, ItemStatus.RUNNING)
+    assert ctx.blob_store is not None
+    ctx.blob_store.put(key, json.dumps(result).encode(), content_type="application/json")
+    finish(ctx, item_id, ItemStatus.RUNNING)
     finish(
-        env,
+        ctx,
         item_id,
         ItemStatus.SUCCEEDED,
         result_key=key,
@@ -255,7 +256,7 @@ def test_poll_with_cursor_returns_only_changes(api_env: ApiEnv, alice: Tenant) -
     empty = alice.get(f"/v1/batches/{batch['id']}?cursor={cursor}").get_json()
     assert empty["items"] == [] and empty["next_cursor"] == cursor
 
-    finish(api_env, batch["items"][1]["id"], ItemStatus.RUNNING)
+    finish(api_env.ctx, batch["items"][1]["id"], ItemStatus.RUNNING)
     changed = alice.get(f"/v1/batches/{batch['id']}?cursor={cursor}").get_json()
     assert [(i["position"], i["status"]) for i in changed["items"]] == [(1, "running")]
     assert changed["status"] == "running" and changed["started_at"]
@@ -290,9 +291,9 @@ def test_poller_sees_every_final_state_under_concurrent_writers(
 
     def writer(mine: list[str]) -> None:
         for n, item_id in enumerate(mine):
-            finish(api_env, item_id, ItemStatus.RUNNING)
+            finish(api_env.ctx, item_id, ItemStatus.RUNNING)
             finish(
-                api_env,
+                api_env.ctx,
                 item_id,
                 ItemStatus.SUCCEEDED if n % 3 else ItemStatus.FAILED,
                 **({} if n % 3 else {"error_code": "extraction_failed"}),
@@ -375,14 +376,14 @@ def test_list_newest_first_with_pages_and_status(api_env: ApiEnv, alice: Tenant)
 def test_cancel_pending_items_and_keep_running_ones(api_env: ApiEnv, alice: Tenant) -> None:
     batch = alice.submit(_uploaded(alice, 3)).get_json()
     running = batch["items"][0]["id"]
-    finish(api_env, running, ItemStatus.RUNNING)
+    finish(api_env.ctx, running, ItemStatus.RUNNING)
     response = alice.post(f"/v1/batches/{batch['id']}/cancel")
     assert response.status_code == 200
     body = response.get_json()
     assert "items" not in body and "next_cursor" not in body
     assert body["cancel_requested_at"] and body["status"] == "running"
     assert body["counts"]["cancelled"] == 2 and body["counts"]["running"] == 1
-    finish(api_env, running, ItemStatus.SUCCEEDED)
+    finish(api_env.ctx, running, ItemStatus.SUCCEEDED)
     after = alice.get(f"/v1/batches/{batch['id']}").get_json()
     assert after["status"] == "completed" and after["completed_at"]
 
@@ -401,8 +402,8 @@ def test_batch_status_rules(api_env: ApiEnv, alice: Tenant) -> None:
     def run(outcomes: list[ItemStatus]) -> str:
         batch = alice.submit(_uploaded(alice, len(outcomes))).get_json()
         for item, outcome in zip(batch["items"], outcomes, strict=True):
-            finish(api_env, item["id"], ItemStatus.RUNNING)
-            finish(api_env, item["id"], outcome)
+            finish(api_env.ctx, item["id"], ItemStatus.RUNNING)
+            finish(api_env.ctx, item["id"], outcome)
         return str(alice.get(f"/v1/batches/{batch['id']}").get_json()["status"])
 
     assert run([ItemStatus.SUCCEEDED, ItemStatus.SUCCEEDED]) == "completed"
@@ -423,7 +424,7 @@ def test_result_endpoint(api_env: ApiEnv, alice: Tenant) -> None:
     assert not_ready.get_json()["error"] == "result_not_ready"
     assert not_ready.get_json()["status"] == "pending"
 
-    expected = succeed_with_result(api_env, alice, batch["id"], done)
+    expected = succeed_with_result(api_env.ctx, alice, batch["id"], done)
     redirect = alice.get(f"{base}/{done}/result")
     assert redirect.status_code == 302
     location = redirect.headers["Location"]
@@ -459,7 +460,7 @@ def test_other_customers_see_nothing(api_env: ApiEnv, alice: Tenant) -> None:
     file_id = _uploaded(alice, 1)[0]
     batch = alice.submit([file_id]).get_json()
     item_id = batch["items"][0]["id"]
-    succeed_with_result(api_env, alice, batch["id"], item_id)
+    succeed_with_result(api_env.ctx, alice, batch["id"], item_id)
     probes = [
         mallory.get(f"/v1/files/{file_id}"),
         mallory.get(f"/v1/batches/{batch['id']}"),

@@ -27,8 +27,9 @@ def test_readyz_is_503_when_redis_is_unreachable(make_settings, postgres_url, fl
 
     truncate_all(postgres_url)
     # Nothing listens on port 1: connecting fails at once.
-    settings = make_settings(database_url=postgres_url, redis_url="redis://127.0.0.1:1/0",
-                             blob_store="local")
+    settings = make_settings(
+        database_url=postgres_url, redis_url="redis://127.0.0.1:1/0", blob_store="local"
+    )
     ctx = build_context(settings)
     response = create_app(settings, context=ctx).test_client().get("/readyz")
     assert response.status_code == 503
@@ -42,14 +43,24 @@ def test_openapi_document_is_generated_from_the_models(api_env: ApiEnv) -> None:
     assert document["openapi"].startswith("3.1")
     paths = document["paths"]
     for path, method in [
-        ("/v1/files", "post"), ("/v1/files/bulk", "post"), ("/v1/files/{file_id}", "get"),
-        ("/v1/batches", "post"), ("/v1/batches", "get"), ("/v1/batches/{batch_id}", "get"),
+        ("/v1/files", "post"),
+        ("/v1/files/bulk", "post"),
+        ("/v1/files/{file_id}", "get"),
+        ("/v1/batches", "post"),
+        ("/v1/batches", "get"),
+        ("/v1/batches/{batch_id}", "get"),
         ("/v1/batches/{batch_id}/cancel", "post"),
-        ("/v1/batches/{batch_id}/items/{item_id}/result", "get"), ("/v1/extract/file", "post"),
+        ("/v1/batches/{batch_id}/items/{item_id}/result", "get"),
+        ("/v1/extract/file", "post"),
     ]:
         assert method in paths[path], (path, method)
     schemas = document["components"]["schemas"]
-    assert set(schemas["CreateBatch"]["properties"]) == {"file_ids", "options", "metadata", "engine"}
+    assert set(schemas["CreateBatch"]["properties"]) == {
+        "file_ids",
+        "options",
+        "metadata",
+        "engine",
+    }
     assert "next_cursor" in schemas["BatchResource"]["properties"]
     docs = api_env.client.get("/docs", follow_redirects=True)
     assert docs.status_code == 200 and b"swagger" in docs.data.lower()
@@ -69,15 +80,18 @@ def test_api_refuses_a_database_behind(make_settings, tmp_path) -> None:
     [
         ({"blob_store": "s3"}, "PAGELANE_S3_BUCKET"),
         ({"blob_store": "local", "secret_key": ""}, "PAGELANE_SECRET_KEY"),
-        ({"task_time_limit_seconds": 3600, "visibility_timeout_seconds": 3600},
-         "PAGELANE_VISIBILITY_TIMEOUT_SECONDS"),
+        (
+            {"task_time_limit_seconds": 3600, "visibility_timeout_seconds": 3600},
+            "PAGELANE_VISIBILITY_TIMEOUT_SECONDS",
+        ),
         ({"ocr_provider": "http"}, "PAGELANE_OCR_HTTP_URL"),
         ({"redis_url": "http://nope"}, "PAGELANE_REDIS_URL"),
         ({"max_pages": 0}, "PAGELANE_MAX_PAGES"),
     ],
 )
-def test_bad_settings_fail_at_boot_naming_the_variable(overrides: dict[str, Any],
-                                                       variable: str) -> None:
+def test_bad_settings_fail_at_boot_naming_the_variable(
+    overrides: dict[str, Any], variable: str
+) -> None:
     values = {"secret_key": "s", **overrides}
     with pytest.raises(SettingsError, match=variable):
         load_settings(**values)
@@ -88,8 +102,9 @@ def test_bad_settings_fail_at_boot_naming_the_variable(overrides: dict[str, Any]
 
 def _extract(tenant: Tenant, data: bytes, filename: str, **fields: Any) -> Any:
     form = {"file": (io.BytesIO(data), filename), **fields}
-    return tenant.client.post("/v1/extract/file", data=form, headers=tenant.headers,
-                              content_type="multipart/form-data")
+    return tenant.client.post(
+        "/v1/extract/file", data=form, headers=tenant.headers, content_type="multipart/form-data"
+    )
 
 
 def test_sync_extract_returns_the_result_and_bills(api_env: ApiEnv, alice: Tenant) -> None:
@@ -127,8 +142,9 @@ def test_sync_extract_limits_and_quota(api_env: ApiEnv) -> None:
     response = _extract(short, data, "lorem.pdf")
     assert response.status_code == 402 and response.get_json()["error"] == "payment_required"
     assert _extract(short, b"", "empty.pdf").get_json()["error"] == "unsupported_input"
-    missing = short.client.post("/v1/extract/file", data={}, headers=short.headers,
-                                content_type="multipart/form-data")
+    missing = short.client.post(
+        "/v1/extract/file", data={}, headers=short.headers, content_type="multipart/form-data"
+    )
     assert missing.status_code == 422
     bad_lang = _extract(short, data, "lorem.pdf", languages="klingon")
     assert bad_lang.status_code == 422

@@ -39,13 +39,18 @@ def check_books(stack: Stack, tenant: Tenant, batch_id: str) -> dict[str, int]:
     assert all(i.status in ("succeeded", "failed", "cancelled") for i in items)
     succeeded = [i for i in items if i.status == ItemStatus.SUCCEEDED]
     with stack.ctx.session_factory() as session:
-        billed = dict(session.execute(
-            select(BillingEntry.id, BillingEntry.pages).where(BillingEntry.batch_id == batch_id)
-        ).tuples().all())
+        billed = dict(
+            session.execute(
+                select(BillingEntry.id, BillingEntry.pages).where(BillingEntry.batch_id == batch_id)
+            ).all()
+        )
         customer = session.get(Customer, tenant.customer_id)
         assert customer is not None
-        customer_billed = session.scalar(select(func.coalesce(func.sum(BillingEntry.pages), 0))
-                                         .where(BillingEntry.customer_id == tenant.customer_id))
+        customer_billed = session.scalar(
+            select(func.coalesce(func.sum(BillingEntry.pages), 0)).where(
+                BillingEntry.customer_id == tenant.customer_id
+            )
+        )
     assert sorted(billed) == sorted(i.id for i in succeeded), "billed != succeeded"
     billed_pages = sum(billed.values())
     assert billed_pages == sum(i.page_count or 0 for i in succeeded)
@@ -54,8 +59,12 @@ def check_books(stack: Stack, tenant: Tenant, batch_id: str) -> dict[str, int]:
     body = tenant.get(f"/v1/batches/{batch_id}?limit=1").get_json()
     assert body["pages_billed"] == billed_pages
     assert sum(body["counts"].values()) == len(items)
-    return {"items": len(items), "succeeded": len(succeeded), "billed_twice": 0,
-            "lost": sum(i.status in ("pending", "running") for i in items)}
+    return {
+        "items": len(items),
+        "succeeded": len(succeeded),
+        "billed_twice": 0,
+        "lost": sum(i.status in ("pending", "running") for i in items),
+    }
 
 
 def test_t1_kill_worker_children_repeatedly(stack: Stack, report: Callable[..., None]) -> None:
@@ -81,8 +90,14 @@ def test_t1_kill_worker_children_repeatedly(stack: Stack, report: Callable[..., 
     # An item may only fail by exhausting its attempts through kills.
     assert all(i.error_code == "internal_error" for i in items if i.status == "failed")
     assert final["counts"]["succeeded"] + final["counts"]["failed"] == total
-    report(kills=kills, items=total, succeeded=books["succeeded"], lost=books["lost"],
-           billed_twice=0, retried=sum(i.attempts > 1 for i in items))
+    report(
+        kills=kills,
+        items=total,
+        succeeded=books["succeeded"],
+        lost=books["lost"],
+        billed_twice=0,
+        retried=sum(i.attempts > 1 for i in items),
+    )
 
 
 def test_t2_kill_a_whole_worker_mid_batch(stack: Stack, report: Callable[..., None]) -> None:
@@ -104,16 +119,25 @@ def test_t2_kill_a_whole_worker_mid_batch(stack: Stack, report: Callable[..., No
     books = check_books(stack, tenant, batch["id"])
     assert books["lost"] == 0 and books["succeeded"] == total
     items = {i.id: i for i in stack.items(batch["id"])}
-    delays = [(items[i].completed_at - killed_at).total_seconds() for i in stranded_ids
-              if items[i].attempts > 1]
+    delays = [
+        (items[i].completed_at - killed_at).total_seconds()
+        for i in stranded_ids
+        if items[i].attempts > 1
+    ]
     assert delays, "no item was stranded by the kill"
-    report(stranded=len(delays), lost=0, billed_twice=0,
-           recovery_p50_s=statistics.median(delays), recovery_max_s=max(delays),
-           lease_s=stack.settings.lease_seconds)
+    report(
+        stranded=len(delays),
+        lost=0,
+        billed_twice=0,
+        recovery_p50_s=statistics.median(delays),
+        recovery_max_s=max(delays),
+        lease_s=stack.settings.lease_seconds,
+    )
 
 
-def test_t3_poison_document_stops_at_the_attempt_cap(stack: Stack,
-                                                     report: Callable[..., None]) -> None:
+def test_t3_poison_document_stops_at_the_attempt_cap(
+    stack: Stack, report: Callable[..., None]
+) -> None:
     poison = b"POISON-PILL-7f3a"
     stack.worker(concurrency=2, faults={"PAGELANE_FAULT_POISON": poison.hex()})
     stack.beat()
@@ -129,8 +153,9 @@ def test_t3_poison_document_stops_at_the_attempt_cap(stack: Stack,
     assert all(i.status == "succeeded" for i in items if i.id != poisoned.id)
     assert final["status"] == "partially_failed"
     check_books(stack, tenant, batch["id"])
-    report(attempts=poisoned.attempts, cap=stack.settings.max_attempts,
-           others_succeeded=len(items) - 1)
+    report(
+        attempts=poisoned.attempts, cap=stack.settings.max_attempts, others_succeeded=len(items) - 1
+    )
 
 
 def test_t6_ocr_provider_failures_retry_exactly_three_times(
@@ -154,13 +179,17 @@ def test_t6_ocr_provider_failures_retry_exactly_three_times(
             assert item.status == "failed" and item.error_code == "ocr_provider_error"
             assert item.attempts == retries + 1, "exactly 3 retries, then give up"
     check_books(stack, tenant, batch["id"])
-    report(items=len(items), expected_ocr_provider_error=sum(n > retries for n in failures),
-           got=sum(i.error_code == "ocr_provider_error" for i in items),
-           max_attempts_seen=max(i.attempts for i in items))
+    report(
+        items=len(items),
+        expected_ocr_provider_error=sum(n > retries for n in failures),
+        got=sum(i.error_code == "ocr_provider_error" for i in items),
+        max_attempts_seen=max(i.attempts for i in items),
+    )
 
 
-def test_t9_lost_enqueue_is_dispatched_by_the_sweeps(stack: Stack,
-                                                     report: Callable[..., None]) -> None:
+def test_t9_lost_enqueue_is_dispatched_by_the_sweeps(
+    stack: Stack, report: Callable[..., None]
+) -> None:
     """Crash between commit and publish, at both places it can happen."""
     tenant = stack.tenant("t9")
     dispatcher = stack.ctx.dispatcher
@@ -182,8 +211,11 @@ def test_t9_lost_enqueue_is_dispatched_by_the_sweeps(stack: Stack,
         stack.wait_terminal(tenant, response.get_json()["id"], timeout=120)
         books = check_books(stack, tenant, response.get_json()["id"])
         assert books["succeeded"] == books["items"]
-    report(dropped_messages=len(published), recovered_after_s=time.monotonic() - started,
-           redispatch_after_s=stack.settings.redispatch_after_seconds)
+    report(
+        dropped_messages=len(published),
+        recovered_after_s=time.monotonic() - started,
+        redispatch_after_s=stack.settings.redispatch_after_seconds,
+    )
 
 
 def test_t12_cancel_at_random_moments(stack: Stack, report: Callable[..., None]) -> None:
@@ -205,13 +237,19 @@ def test_t12_cancel_at_random_moments(stack: Stack, report: Callable[..., None])
         assert late_starts == [], "an item started after the cancel committed"
         assert all(i.status != "pending" for i in items)
         with stack.ctx.session_factory() as session:
-            billed = set(session.scalars(select(BillingEntry.id).where(
-                BillingEntry.batch_id == batch["id"])))
+            billed = set(
+                session.scalars(select(BillingEntry.id).where(BillingEntry.batch_id == batch["id"]))
+            )
         assert not billed & {i.id for i in items if i.status == "cancelled"}
         check_books(stack, tenant, batch["id"])
         outcomes.append(final["counts"])
-    report(batches=3, cancelled=[o["cancelled"] for o in outcomes],
-           finished=[o["succeeded"] for o in outcomes], late_starts=0, cancelled_billed=0)
+    report(
+        batches=3,
+        cancelled=[o["cancelled"] for o in outcomes],
+        finished=[o["succeeded"] for o in outcomes],
+        late_starts=0,
+        cancelled_billed=0,
+    )
 
 
 def _parse(iso: str) -> Any:
@@ -235,8 +273,11 @@ def test_t8_fairness_small_customer_is_not_stuck_behind_a_flood(
     def sample() -> None:
         while not stop.is_set():
             with stack.ctx.session_factory() as session:
-                running = session.scalar(select(func.count()).where(
-                    Item.customer_id == big.customer_id, Item.status == ItemStatus.RUNNING))
+                running = session.scalar(
+                    select(func.count()).where(
+                        Item.customer_id == big.customer_id, Item.status == ItemStatus.RUNNING
+                    )
+                )
             samples.append((int(running or 0), int(stack.ctx.redis.llen(queue_key))))
             time.sleep(0.05)
 
@@ -262,5 +303,10 @@ def test_t8_fairness_small_customer_is_not_stuck_behind_a_flood(
     assert max_running <= 3, "the flood ran more items than its cap"
     assert max_depth <= 3 + 3, "the broker held more than the sum of the caps"
     assert time_to_start < 10
-    report(b_time_to_start_s=time_to_start, a_max_running=max_running, a_cap=3,
-           broker_depth_max=max_depth, sum_of_caps=6)
+    report(
+        b_time_to_start_s=time_to_start,
+        a_max_running=max_running,
+        a_cap=3,
+        broker_depth_max=max_depth,
+        sum_of_caps=6,
+    )

@@ -55,8 +55,11 @@ class Stack:
     def items(self, batch_id: str) -> list[Item]:
         """The item rows, straight from the database (for assertions beyond the API)."""
         with self.ctx.session_factory() as session:
-            return list(session.scalars(
-                select(Item).where(Item.batch_id == batch_id).order_by(Item.position)))
+            return list(
+                session.scalars(
+                    select(Item).where(Item.batch_id == batch_id).order_by(Item.position)
+                )
+            )
 
     def worker(self, **kwargs: Any) -> Proc:
         proc = start_worker(self.settings, self.tmp, **kwargs)

@@ -97,8 +97,16 @@ def start_worker(
     name = f"w{uuid.uuid4().hex[:6]}@test"
     env = {**settings_env(settings), **(faults or {})}
     module = "tests.support.fault_worker" if faults else "service.cli"
-    argv = [sys.executable, "-m", module, "worker", f"--concurrency={concurrency}",
-            f"--queues={queues}", f"--hostname={name}", "--loglevel=INFO"]
+    argv = [
+        sys.executable,
+        "-m",
+        module,
+        "worker",
+        f"--concurrency={concurrency}",
+        f"--queues={queues}",
+        f"--hostname={name}",
+        "--loglevel=INFO",
+    ]
     return Proc(argv, env, tmp / f"worker-{name}.log")
 
 
