@@ -40,8 +40,17 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def check_schema_current(engine: Engine) -> None:
+    """Refuse a database older than this code. One *newer* than this code (a revision we do
+    not know) is accepted: migrations are applied before a rollout, so old pods restarting
+    mid-rollout must keep working (our migrations are additive)."""
     current, head = current_revision(engine), head_revision()
-    if current != head:
+    if current == head:
+        return
+    known = {
+        script.revision
+        for script in ScriptDirectory.from_config(_alembic_config()).walk_revisions()
+    }
+    if current is None or current in known:
         raise SchemaBehindError(
             f"database schema is at {current or 'nothing'} but this code needs {head}: "
             "run `pagelane db upgrade`"
