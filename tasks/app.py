@@ -81,7 +81,10 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     return {
         "dispatch-pending": every(tick, "pagelane.sweep.dispatch_pending"),
         "requeue-stale-items": every(tick * 2, "pagelane.sweep.requeue_stale_items"),
-        "redispatch-lost-items": every(30, "pagelane.sweep.redispatch_lost_items"),
+        "redispatch-lost-items": every(
+            max(1.0, min(30.0, settings.redispatch_after_seconds / 4)),
+            "pagelane.sweep.redispatch_lost_items",
+        ),
         "expire-uploads": every(60, "pagelane.sweep.expire_uploads"),
         "delete-expired-blobs": every(300, "pagelane.sweep.delete_expired_blobs"),
         "prune-idempotency-keys": every(3600, "pagelane.sweep.prune_idempotency_keys"),

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+from typing import cast
 
 import redis
 
@@ -41,7 +42,7 @@ class BeatLock:
 
     def acquire(self) -> None:
         if not self._client.set(LOCK_KEY, self._token, nx=True, px=self._lease_ms):
-            holder = self._client.get(LOCK_KEY)
+            holder = cast(bytes | None, self._client.get(LOCK_KEY))
             raise BeatAlreadyRunningError(
                 f"another beat holds the lock ({holder.decode() if holder else 'just expired'}); "
                 "run exactly one `pagelane beat` per deployment"

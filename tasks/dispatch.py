@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.clock import utcnow
@@ -47,9 +47,12 @@ class Dispatcher:
         admitted = 0
         with self.session_factory() as session:
             cap = customer_cap(session, customer_id)
-            if not cap:
+            # The database, not Redis, has the last word on what is in flight: if Redis lost
+            # the slots (a restart), the semaphore alone would admit a second cap's worth.
+            free = cap - self._in_flight(session, customer_id)
+            if free <= 0:
                 return 0
-            candidates = self._candidates(session, customer_id, cap)
+            candidates = self._candidates(session, customer_id, free)
         if not candidates:
             return 0
         pruned = False
@@ -111,7 +114,23 @@ class Dispatcher:
         self.semaphore.release(customer_id, stale)
         return len(stale)
 
-    def _candidates(self, session: Session, customer_id: str, cap: int) -> list[str]:
+    @staticmethod
+    def _in_flight(session: Session, customer_id: str) -> int:
+        """Items holding (or owed) a slot: running, or admitted and waiting in the broker."""
+        return int(
+            session.scalar(
+                select(func.count()).where(
+                    Item.customer_id == customer_id,
+                    or_(
+                        Item.status == ItemStatus.RUNNING,
+                        (Item.status == ItemStatus.PENDING) & Item.admitted_at.is_not(None),
+                    ),
+                )
+            )
+            or 0
+        )
+
+    def _candidates(self, session: Session, customer_id: str, limit: int) -> list[str]:
         now = utcnow()
         return list(
             session.scalars(
@@ -124,7 +143,7 @@ class Dispatcher:
                 )
                 # Batch ids start with their creation time: oldest batch first, then position.
                 .order_by(Item.batch_id, Item.position)
-                .limit(cap)
+                .limit(limit)
             )
         )
 

@@ -18,12 +18,12 @@ import json
 import logging
 import random
 import secrets
-import time
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import ocr
 from service import batches as lifecycle
@@ -52,6 +52,7 @@ class Claim:
     file_id: str
     lease_token: str
     options: dict[str, Any]
+    cap: int
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,9 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
             started_at=item.started_at or now,
             retry_at=None,
         )
-        return Claim(item.id, batch.id, item.customer_id, item.file_id, token, dict(batch.options))
+        return Claim(
+            item.id, batch.id, item.customer_id, item.file_id, token, dict(batch.options), cap
+        )
 
 
 def _work(ctx: ServiceContext, claim: Claim) -> str:
@@ -177,16 +180,16 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
     if not reserved:
         return _fail_for_quota(ctx, claim)
 
-    heartbeat = Heartbeat(ctx, claim, pages)
     try:
-        result = ocr.extract(
-            data,
-            claim.options,
-            filename=file.filename,
-            config=config,
-            on_page=heartbeat.on_page,
-            file_id=file.id,
-        )
+        with Heartbeat(ctx, claim) as heartbeat:
+            result = ocr.extract(
+                data,
+                claim.options,
+                filename=file.filename,
+                config=config,
+                on_page=heartbeat.on_page,
+                file_id=file.id,
+            )
     except LeaseLostError:
         return "lease_lost"
     except ocr.errors.ExtractionError as exc:
@@ -203,39 +206,89 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
 
 
 class Heartbeat:
-    """Called by the engine after each page: renews the lease and reports progress."""
+    """Keeps the lease while the engine works, and publishes its progress.
 
-    def __init__(self, ctx: ServiceContext, claim: Claim, pages: int) -> None:
+    A thread renews the lease every quarter lease: one OCR page can take a minute, so the
+    lease must not wait for page boundaries. The engine calls :meth:`on_page` after each
+    page; that is where a lost lease (the item was taken back after we stalled) stops the
+    extraction, by raising :class:`LeaseLostError` through the engine.
+    """
+
+    def __init__(self, ctx: ServiceContext, claim: Claim) -> None:
         self._ctx = ctx
         self._claim = claim
-        self._interval = max(1.0, ctx.settings.lease_seconds / 4)
-        self._last = time.monotonic()
+        self._interval = max(0.5, ctx.settings.lease_seconds / 4)
+        self._pages_done = 0
+        self._published = 0
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
     def on_page(self, pages_done: int, page_count: int) -> None:
-        if time.monotonic() - self._last < self._interval:
-            return
-        self._last = time.monotonic()
-        self.beat(pages_done)
+        self._pages_done = pages_done
+        if self._lost.is_set():
+            raise LeaseLostError(self._claim.item_id)
 
-    def beat(self, pages_done: int) -> None:
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.beat()
+            except LeaseLostError:
+                self._lost.set()
+                return
+            except Exception:  # a database or Redis hiccup: the next beat tries again
+                log.warning("heartbeat of %s failed", self._claim.item_id, exc_info=True)
+
+    def beat(self) -> None:
         settings = self._ctx.settings
         now = utcnow()
+        expires = now + timedelta(seconds=settings.lease_seconds)
+        pages_done = self._pages_done
         with transaction(self._ctx.session_factory) as session:
-            batch = lifecycle.lock_batch(session, self._claim.batch_id)
-            item = _fenced_item(session, self._claim)
-            if item is None:
-                raise LeaseLostError(self._claim.item_id)
-            lifecycle.move_item(
-                session,
-                batch,
-                item,
-                ItemStatus.RUNNING,
-                now,
-                pages_done=pages_done,
-                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-            )
-        self._ctx.dispatcher.semaphore.renew(
-            self._claim.customer_id, self._claim.item_id, lease_seconds=settings.lease_seconds
+            if pages_done == self._published:
+                # Only the lease moves: not a visible change, so no batch lock or change number.
+                renewed = session.execute(
+                    update(Item)
+                    .where(
+                        Item.id == self._claim.item_id,
+                        Item.status == ItemStatus.RUNNING,
+                        Item.lease_token == self._claim.lease_token,
+                    )
+                    .values(lease_expires_at=expires)
+                    .execution_options(synchronize_session=False)
+                ).rowcount  # type: ignore[attr-defined]
+                if not renewed:
+                    raise LeaseLostError(self._claim.item_id)
+            else:
+                batch = lifecycle.lock_batch(session, self._claim.batch_id)
+                item = _fenced_item(session, self._claim)
+                if item is None:
+                    raise LeaseLostError(self._claim.item_id)
+                lifecycle.move_item(
+                    session,
+                    batch,
+                    item,
+                    ItemStatus.RUNNING,
+                    now,
+                    pages_done=pages_done,
+                    lease_expires_at=expires,
+                )
+                self._published = pages_done
+        # acquire, not renew: it extends our slot and, if Redis lost it (a restart), takes
+        # it back, so the semaphore again reflects what runs.
+        self._ctx.dispatcher.semaphore.acquire(
+            self._claim.customer_id,
+            self._claim.item_id,
+            cap=self._claim.cap,
+            lease_seconds=settings.lease_seconds,
         )
 
 

@@ -39,7 +39,7 @@ CONTENDER = textwrap.dedent("""
             if hold == "forever":
                 print("holding", flush=True)
                 time.sleep(3600)
-            time.sleep(random.uniform(0, 0.01))
+            time.sleep(random.uniform(0.02, 0.05))
             client.decr("stress:active")
             semaphore.release(customer, [me])
         else:
