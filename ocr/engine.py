@@ -1,0 +1,282 @@
+"""The engine's two entry points: :func:`extract` (bytes -> Extract result) and :func:`probe`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pypdfium2 as pdfium
+
+from ocr import images as image_input
+from ocr import pdf as pdf_input
+from ocr.config import EngineConfig
+from ocr.errors import (
+    CorruptDocumentError,
+    DocumentTooLargeError,
+    ExtractionError,
+    ExtractionTimeoutError,
+    ResourceLimitError,
+)
+from ocr.geometry import clip_bbox, scale_bbox
+from ocr.provider import OCRProvider, PageOCRTimeout, make_provider
+from ocr.result import Warnings, envelope, normalize_options, text_chunk
+from ocr.sniff import Sniffed, sniff
+from ocr.tables import TableExtractor
+
+log = logging.getLogger(__name__)
+
+OnPage = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Cheap facts about an input: ``kind`` ("pdf" | "image"), sniffed MIME, pages/frames."""
+
+    kind: str
+    content_type: str
+    page_count: int
+
+
+def probe(data: bytes, *, config: EngineConfig | None = None) -> Probe:
+    """Sniff and count pages without rendering or OCR (the worker reserves quota with this).
+
+    Raises the same errors as :func:`extract` for unsupported, corrupt, encrypted, too large or
+    over-the-page-limit input.
+    """
+    config = config or EngineConfig()
+    sniffed = _check_input(data, config)
+    data = bytes(data)
+    try:
+        if sniffed.kind == "pdf":
+            doc = pdf_input.open_document(data, config)
+            with pdf_input.PDFIUM_LOCK:
+                count = len(doc)
+                doc.close()
+        else:
+            im, count = image_input.open_image(data, config)
+            im.close()
+    except ExtractionError:
+        raise
+    except (MemoryError, RecursionError) as exc:
+        raise _resource_error(exc) from exc
+    return Probe(sniffed.kind, sniffed.content_type, count)
+
+
+def extract(
+    data: bytes,
+    options: Mapping[str, Any] | None = None,
+    *,
+    filename: str | None = None,
+    config: EngineConfig | None = None,
+    on_page: OnPage | None = None,
+    file_id: str | None = None,
+) -> dict[str, Any]:
+    """Extract text, tables and images: returns SPEC's Extract result as a JSON-ready dict.
+
+    ``options`` are SPEC's batch options (``extract_text``, ``extract_images``,
+    ``extract_tables``, ``ocr`` auto|force|never, ``languages``); defaults are filled in.
+    ``on_page(pages_done, page_count)`` runs after each page; an exception it raises propagates
+    unchanged (that is how a worker aborts a cancelled item). Every other failure is an
+    :class:`~ocr.errors.ExtractionError` carrying its public code; ``filename`` is advisory and
+    only echoed back.
+    """
+    config = config or EngineConfig()
+    opts = normalize_options(options)
+    sniffed = _check_input(data, config)
+    data = bytes(data)  # pdfium and hashlib want bytes, not bytearray/memoryview
+    needs_ocr_languages = opts["extract_text"] and opts["ocr"] != "never"
+    if needs_ocr_languages and config.provider == "tesseract":
+        from ocr.tesseract import available_languages, validate_languages
+
+        installed = available_languages(config.tesseract_cmd)
+        # no packs at all means no Tesseract on this host: text layers still extract, and a
+        # page that needs OCR fails with ocr_provider_error instead of every document failing
+        if installed:
+            opts["languages"] = validate_languages(opts["languages"], available=installed)
+    run = _Run(config, opts)
+    try:
+        if sniffed.kind == "pdf":
+            page_count, chunks = run.pdf(data, on_page)
+        else:
+            page_count, chunks = run.image(data, on_page)
+    finally:
+        run.close()
+    if run.provider is not None and run.provider.name == "null" and run.ocr_pages:
+        run.warnings.add(
+            f"{run.ocr_pages} page(s) needed OCR, but OCR is disabled on this deployment"
+            " (provider: null); they have no text"
+        )
+    return envelope(
+        data,
+        file_id=file_id,
+        filename=filename,
+        content_type=sniffed.content_type,
+        page_count=page_count,
+        chunks=chunks,
+        warnings=run.warnings,
+    )
+
+
+def _check_input(data: bytes, config: EngineConfig) -> Sniffed:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError("data must be bytes")
+    if len(data) > config.max_file_bytes:
+        raise DocumentTooLargeError(
+            f"The document is {len(data):,} bytes; the maximum is {config.max_file_bytes:,}."
+        )
+    return sniff(bytes(data[:1024]) if len(data) > 1024 else bytes(data))
+
+
+def _resource_error(exc: BaseException) -> ExtractionError:
+    if isinstance(exc, RecursionError):
+        return CorruptDocumentError("The document's structure is too deeply nested to read.")
+    return ResourceLimitError("The document needs more memory than the engine allows.")
+
+
+class _Run:
+    """State of one extraction: budgets, warnings, the lazily created OCR provider."""
+
+    def __init__(self, config: EngineConfig, options: dict[str, Any]) -> None:
+        self.config = config
+        self.options = options
+        self.warnings = Warnings()
+        self.provider: OCRProvider | None = None
+        self.ocr_pages = 0
+        self._deadline = time.monotonic() + config.document_timeout_s
+
+    def close(self) -> None:
+        if self.provider is not None:
+            self.provider.close()
+
+    def get_provider(self) -> OCRProvider:
+        if self.provider is None:
+            self.provider = make_provider(self.config)
+        return self.provider
+
+    def remaining_s(self) -> float:
+        return self._deadline - time.monotonic()
+
+    def check_time(self) -> None:
+        if self.remaining_s() <= 0:
+            raise ExtractionTimeoutError(
+                f"The document took longer than {self.config.document_timeout_s:.0f} s to extract."
+            )
+
+    # -- PDF -----------------------------------------------------------------------------------
+
+    def pdf(self, data: bytes, on_page: OnPage | None) -> tuple[int, list[dict[str, Any]]]:
+        doc = pdf_input.open_document(data, self.config)
+        tables = TableExtractor() if self.options["extract_tables"] else None
+        state = pdf_input.DocumentState(
+            images_left=self.config.max_images_per_document,
+            image_bytes_left=self.config.max_image_bytes_per_document,
+        )
+        job = pdf_input.PageJob(
+            options=self.options,
+            config=self.config,
+            get_provider=self.get_provider,
+            remaining_s=self.remaining_s,
+            warnings=self.warnings,
+            state=state,
+            tables=tables,
+        )
+        chunks: list[dict[str, Any]] = []
+        try:
+            with pdf_input.PDFIUM_LOCK:
+                count = len(doc)
+            for index in range(count):
+                self.check_time()
+                page_chunks: list[dict[str, Any]] = self._guarded(
+                    functools.partial(pdf_input.process_page, doc, index, job), ()
+                )
+                chunks.extend(page_chunks)
+                self.check_time()
+                if on_page is not None:
+                    on_page(index + 1, count)  # outside any error mapping: its errors propagate
+        finally:
+            self.ocr_pages = state.ocr_pages_without_provider_text
+            with pdf_input.PDFIUM_LOCK:
+                doc.close()
+        return count, chunks
+
+    # -- images --------------------------------------------------------------------------------
+
+    def image(self, data: bytes, on_page: OnPage | None) -> tuple[int, list[dict[str, Any]]]:
+        im, count = image_input.open_image(data, self.config)
+        chunks: list[dict[str, Any]] = []
+        run_ocr = self.options["extract_text"] and self.options["ocr"] != "never"
+        try:
+            frames = image_input.iter_frames(im, count, self.config)
+            for index in range(count):
+                self.check_time()
+                page_no = index + 1
+                frame = self._guarded(lambda: next(frames), image_input.PIL_DECODE_ERRORS)
+                try:
+                    if run_ocr:
+                        frame_chunks: list[dict[str, Any]] = self._guarded(
+                            functools.partial(self._ocr_frame, frame, page_no), ()
+                        )
+                        chunks.extend(frame_chunks)
+                finally:
+                    frame.image.close()
+                self.check_time()
+                if on_page is not None:
+                    on_page(page_no, count)
+        finally:
+            im.close()
+        return count, chunks
+
+    def _ocr_frame(self, frame: image_input.Frame, page_no: int) -> list[dict[str, Any]]:
+        if frame.downscaled:
+            self.warnings.add(
+                f"page {page_no}: very large image downscaled to"
+                f" {frame.image.width}x{frame.image.height} pixels for OCR"
+            )
+        provider = self.get_provider()
+        timeout = min(self.config.tesseract_timeout_s, self.remaining_s())
+        try:
+            blocks = provider.recognize(
+                frame.image, languages=self.options["languages"], timeout_s=timeout
+            )
+        except PageOCRTimeout:
+            self.warnings.add(f"page {page_no}: OCR ran out of time; the page has no text")
+            return []
+        if provider.name == "null":
+            self.ocr_pages += 1
+        out = []
+        for block in blocks:
+            bbox = clip_bbox(
+                scale_bbox(block.bbox, frame.px_to_pt), frame.width_pt, frame.height_pt
+            )
+            out.append(
+                text_chunk(page_no, bbox, block.text, source="ocr", confidence=block.confidence)
+            )
+        return out
+
+    # -- error mapping ---------------------------------------------------------------------------
+
+    def _guarded(
+        self, fn: Callable[[], Any], decode_errors: tuple[type[BaseException], ...]
+    ) -> Any:
+        """Run engine work, mapping parser failures to ExtractionErrors. ``decode_errors`` are
+        the exception types that mean "cannot decode" for this input (Pillow raises plain
+        OSError/ValueError/...); anything else unexpected propagates as the bug it is."""
+        try:
+            return fn()
+        except ExtractionError:
+            raise
+        except StopIteration as exc:  # frame iterator ended early: the file lied about its frames
+            raise CorruptDocumentError("The image has fewer frames than it declares.") from exc
+        except (MemoryError, RecursionError) as exc:
+            log.warning("resource error during extraction", exc_info=True)
+            raise _resource_error(exc) from exc
+        except pdfium.PdfiumError as exc:
+            log.info("pdfium failed during extraction", exc_info=True)
+            raise CorruptDocumentError("The PDF is damaged and could not be read.") from exc
+        except decode_errors as exc:
+            log.info("decoding failed during extraction", exc_info=True)
+            raise CorruptDocumentError("The document is damaged and could not be read.") from exc

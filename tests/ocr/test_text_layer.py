@@ -1,0 +1,95 @@
+"""The fast text-layer path (pdfium): blocks, coordinates on rotated/cropped pages, order."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ocr_testkit import text_of
+
+import ocr
+
+
+def _text_chunks(data: bytes) -> list[dict]:
+    result = ocr.extract(data, {"extract_images": False, "extract_tables": False})
+    return [c for c in result["chunks"] if c["chunk_type"] == "text"]
+
+
+def test_heading_and_paragraph_are_separate_blocks(hostile: ModuleType) -> None:
+    ops = hostile.text_ops(
+        [(72, 720, 20, "Annual Report"),
+         (72, 690, 11, "First line of the body text goes here,"),
+         (72, 676, 11, "and the paragraph continues on this line."),
+         (72, 662, 11, "It ends on the third line.")]
+    )
+    chunks = _text_chunks(hostile.simple_pdf([ops]))
+    assert [c["page_content"] for c in chunks] == [
+        "Annual Report",
+        "First line of the body text goes here,\nand the paragraph continues on this line.\n"
+        "It ends on the third line.",
+    ]
+    assert all(c["source"] == "text_layer" and "confidence" not in c for c in chunks)
+    heading, body = (c["bbox"] for c in chunks)
+    # baseline 720 pt from the bottom of a 792 pt page is 72 pt from the top; 'p' descends
+    assert 72 <= heading[0] < 74 and 55 < heading[1] < 72 and 72 < heading[3] <= 78
+    assert body[1] > heading[3] and body[3] < 792 - 662 + 3
+
+
+def test_bbox_follows_page_rotation(hostile: ModuleType) -> None:
+    """/Rotate 90: the displayed page is 792 x 612 and user (x, y) shows at (792 - ... )."""
+    ops = hostile.text_ops([(72, 700, 12, "Rotated page text")])
+    data = hostile.simple_pdf([ops], rotate=90)
+    chunk = _text_chunks(data)[0]
+    assert chunk["page_content"] == "Rotated page text"
+    x0, top, x1, bottom = chunk["bbox"]
+    # baseline origin user (72, 700) -> displayed (700, 72); the text runs downwards and the
+    # glyphs rise towards +x (from just left of the baseline to about the cap height)
+    assert 696 <= x0 <= 700 and 706 <= x1 <= 712 and 70 <= top <= 74
+    assert bottom - top > 80 and bottom <= 612
+
+
+def test_bbox_is_relative_to_the_crop_box(hostile: ModuleType) -> None:
+    ops = hostile.text_ops([(150, 650, 12, "Inside the crop box")])
+    data = hostile.simple_pdf([ops], cropbox=(100, 100, 500, 700))
+    result = ocr.extract(data)
+    x0, top, x1, bottom = result["chunks"][0]["bbox"]
+    # user (150, 650) in a crop box starting at (100, 700-top): displayed (50, 50) baseline
+    assert 49 <= x0 <= 52 and 38 <= top <= 50 and 49 <= bottom <= 54 and x1 <= 400
+
+
+def test_reading_order_is_the_content_order_across_columns(hostile: ModuleType) -> None:
+    left = [(72, 700 - 14 * i, 10, f"left column line {i}") for i in range(5)]
+    right = [(320, 700 - 14 * i, 10, f"right column line {i}") for i in range(5)]
+    chunks = _text_chunks(hostile.simple_pdf([hostile.text_ops(left + right)]))
+    text = "\n".join(c["page_content"] for c in chunks)
+    assert text.index("left column line 4") < text.index("right column line 0")
+    assert len(chunks) == 2  # one block per column
+
+
+def test_extract_text_false_returns_no_text(hostile: ModuleType) -> None:
+    result = ocr.extract(hostile.text_pdf(2, 5), {"extract_text": False})
+    assert result["chunks"] == [] and result["page_count"] == 2
+
+
+def test_non_latin_text_layer(corpus_dir) -> None:  # type: ignore[no-untyped-def]
+    data = (corpus_dir / "digital-multilang-hello-world-1p.pdf").read_bytes()
+    text = text_of(ocr.extract(data))
+    for hello in ("Привет, мир", "你好世界", "こんにちは世界"):
+        assert hello in text
+
+
+def test_thousand_page_document_is_processed_page_by_page(hostile: ModuleType) -> None:
+    """1,000 pages is the limit and must work (and report progress per page); 1,001 is over it
+    and fails before any page is read."""
+    data = hostile.text_pdf(1000, 3)
+    progress: list[int] = []
+    result = ocr.extract(data, on_page=lambda done, total: progress.append(done))
+    assert result["page_count"] == 1000 and progress[-1] == 1000 and len(progress) == 1000
+    assert "Page 1000 line 3" in text_of(result)
+    over = hostile.text_pdf(1001, 1)
+    seen: list[int] = []
+    try:
+        ocr.extract(over, on_page=lambda done, total: seen.append(done))
+    except ocr.PageLimitExceededError as exc:
+        assert exc.code == "page_limit_exceeded" and seen == []
+    else:
+        raise AssertionError("1,001 pages must be over the limit")
