@@ -1,0 +1,112 @@
+"""Throughput: the whole system against the bare engine, side by side in one run.
+
+1. The born-digital PDFs of ../shared/corpus (1 to 117 pages each): pages/s of (a) ocr.extract
+   in a process pool of N and (b) API → Celery → blob store → result with N worker processes;
+   ratio b/a (goal ≥ 0.90).
+2. 500 one-page PDFs: per-item orchestration overhead = (system time − bare time) × N / items,
+   on Postgres + S3 (moto's server in its own process; goal ≤ 15 ms) and embedded (SQLite +
+   local blobs; goal ≤ 5 ms).
+
+Run: `make bench-throughput` (python -m bench.throughput [N]).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import ocr
+from bench.stack import CORPUS, BenchStack, bench_stack
+
+TERMINAL = {"completed", "partially_failed", "failed", "cancelled"}
+
+
+def born_digital() -> list[bytes]:
+    manifest = json.loads((CORPUS / "MANIFEST.json").read_text())
+    return [
+        (CORPUS / entry["name"]).read_bytes()
+        for entry in manifest["files"]
+        if entry["name"].startswith("digital-") and entry["expected_outcome"] == "text"
+    ]
+
+
+def _extract_pages(data: bytes) -> int:
+    return int(ocr.extract(data)["page_count"])
+
+
+def bare(documents: list[bytes], workers: int) -> tuple[float, int]:
+    """(seconds, pages) for ocr.extract over the documents in a pool of ``workers``."""
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_extract_pages, documents[:workers]))  # warm the pool (imports)
+        start = time.perf_counter()
+        pages = sum(pool.map(_extract_pages, documents, chunksize=1))
+        return time.perf_counter() - start, pages
+
+
+def through_system(stack: BenchStack, documents: list[bytes]) -> tuple[float, int]:
+    tenant = stack.tenant(f"t{time.monotonic_ns()}", concurrency=64)
+    file_ids = stack.upload_many(tenant, documents)
+    start = time.perf_counter()
+    batch = tenant.submit(file_ids).get_json()
+    while True:
+        body = tenant.get(f"/v1/batches/{batch['id']}?limit=1").get_json()
+        if body["status"] in TERMINAL:
+            break
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    assert body["status"] == "completed", body["counts"]
+    return elapsed, int(body["pages_billed"])
+
+
+def warm(stack: BenchStack, sample: bytes) -> None:
+    through_system(stack, [sample] * 4)
+
+
+def one_page_pdfs(count: int) -> list[bytes]:
+    base = (CORPUS / "digital-crazyones-1p.pdf").read_bytes()
+    return [base + f"\n% {n}\n".encode() for n in range(count)]
+
+
+def main() -> None:
+    workers = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    corpus = born_digital() * 2
+    small = one_page_pdfs(500)
+    print(f"{len(corpus)} born-digital documents, {len(small)} one-page PDFs, N={workers}",
+          flush=True)
+
+    bare_s, bare_pages = bare(corpus, workers)
+    bare_small_s, _ = bare(small, workers)
+    results: dict[str, tuple[float, int, float]] = {}
+    for database, blobs in (("postgres", "s3"), ("sqlite", "local")):
+        with bench_stack(database, blobs) as stack:
+            stack.workers(concurrency=workers)
+            warm(stack, small[0])
+            system_s, system_pages = (
+                through_system(stack, corpus) if blobs == "s3" else (float("nan"), 0)
+            )
+            small_s, _ = through_system(stack, small)
+            results[f"{database}+{blobs}"] = (system_s, system_pages, small_s)
+
+    system_s, system_pages, _ = results["postgres+s3"]
+    assert system_pages == bare_pages, (system_pages, bare_pages)
+    bare_rate, system_rate = bare_pages / bare_s, system_pages / system_s
+    print()
+    print(f"Throughput, born-digital corpus x2 ({bare_pages} pages), N={workers}")
+    print(f"  (a) ocr.extract in a pool of {workers}:        {bare_rate:7.1f} pages/s")
+    print(f"  (b) API -> Celery -> S3 -> result, {workers} workers: {system_rate:7.1f} pages/s")
+    print(f"  ratio b/a: {system_rate / bare_rate:.2f}  goal >= 0.90  "
+          f"{'OK' if system_rate / bare_rate >= 0.9 else 'MISSED'}")
+    print(f"Per-item orchestration overhead, {len(small)} one-page PDFs "
+          f"(bare pool: {bare_small_s * 1000 / len(small):.1f} ms/item/worker... "
+          f"{bare_small_s:.2f} s total)")
+    for name, goal in (("postgres+s3", 15.0), ("sqlite+local", 5.0)):
+        small_s = results[name][2]
+        overhead_ms = (small_s - bare_small_s) * workers * 1000 / len(small)
+        print(f"  {name:13s} system {small_s:6.2f} s -> overhead {overhead_ms:6.1f} ms/item  "
+              f"goal <= {goal:.0f} ms  {'OK' if overhead_ms <= goal else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
