@@ -3,7 +3,7 @@
 1. The born-digital PDFs of ../shared/corpus (1 to 117 pages each): pages/s of (a) ocr.extract
    in a process pool of N and (b) API → Celery → blob store → result with N worker processes;
    ratio b/a (goal ≥ 0.90).
-2. 500 one-page PDFs: per-item orchestration overhead = (system time − bare time) × N / items,
+2. 500 one-page PDFs: per-item orchestration overhead = (system time - bare time) * N / items,
    on Postgres + S3 (moto's server in its own process; goal ≤ 15 ms) and embedded (SQLite +
    local blobs; goal ≤ 5 ms).
 
