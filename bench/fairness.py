@@ -31,7 +31,8 @@ def main() -> None:
         print(f"registering and storing {FLOOD:,} files for A ...", flush=True)
         a_files = stack.upload_many(a, [tiny + f"\n%{n}\n".encode() for n in range(FLOOD)])
         b_files = stack.upload_many(b, [tiny + b"\n%b\n"])
-        stack.workers(concurrency=2)
+        stack.worker(concurrency=2)
+        stack.beat()
         time.sleep(3)  # workers up
 
         samples: list[tuple[int, int]] = []
@@ -40,8 +41,11 @@ def main() -> None:
         def sample() -> None:
             while not stop.is_set():
                 with stack.ctx.session_factory() as session:
-                    running = session.scalar(select(func.count()).where(
-                        Item.customer_id == a.customer_id, Item.status == ItemStatus.RUNNING))
+                    running = session.scalar(
+                        select(func.count()).where(
+                            Item.customer_id == a.customer_id, Item.status == ItemStatus.RUNNING
+                        )
+                    )
                 samples.append((int(running or 0), int(stack.ctx.redis.llen(QUEUE_ITEMS))))
                 time.sleep(0.02)
 
@@ -64,8 +68,11 @@ def main() -> None:
         stop.set()
         sampler.join()
         with stack.ctx.session_factory() as session:
-            a_done = session.scalar(select(func.count()).where(
-                Item.customer_id == a.customer_id, Item.status == ItemStatus.SUCCEEDED))
+            a_done = session.scalar(
+                select(func.count()).where(
+                    Item.customer_id == a.customer_id, Item.status == ItemStatus.SUCCEEDED
+                )
+            )
         a.post(f"/v1/batches/{flood['id']}/cancel")
 
     max_running = max(r for r, _ in samples)
@@ -74,14 +81,22 @@ def main() -> None:
     print()
     print(f"Fairness (2 worker processes, caps A=8 B=8, cores={os.cpu_count()})")
     print(f"  A submit of {FLOOD:,} items: {submit_a_s * 1000:.0f} ms")
-    print(f"  B time-to-start: {b_time_to_start:.2f} s  goal <= 2 s  "
-          f"{'OK' if b_time_to_start <= 2 else 'MISSED'}")
-    print(f"  A max running items observed: {max_running}  (cap 8)  "
-          f"{'OK' if max_running <= 8 else 'VIOLATED'}")
-    print(f"  broker queue depth max: {max_depth}  goal <= 16 (sum of caps)  "
-          f"{'OK' if max_depth <= 16 else 'MISSED'}")
-    print(f"  A items finished in the {elapsed:.0f} s window: {a_done} "
-          f"({len(samples)} samples); A's remaining items were cancelled")
+    print(
+        f"  B time-to-start: {b_time_to_start:.2f} s  goal <= 2 s  "
+        f"{'OK' if b_time_to_start <= 2 else 'MISSED'}"
+    )
+    print(
+        f"  A max running items observed: {max_running}  (cap 8)  "
+        f"{'OK' if max_running <= 8 else 'VIOLATED'}"
+    )
+    print(
+        f"  broker queue depth max: {max_depth}  goal <= 16 (sum of caps)  "
+        f"{'OK' if max_depth <= 16 else 'MISSED'}"
+    )
+    print(
+        f"  A items finished in the {elapsed:.0f} s window: {a_done} "
+        f"({len(samples)} samples); A's remaining items were cancelled"
+    )
 
 
 if __name__ == "__main__":
