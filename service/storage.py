@@ -83,6 +83,15 @@ class BlobNotFoundError(Exception):
     """The key holds no blob."""
 
 
+class BlobTooLargeError(Exception):
+    """The blob is larger than the caller's ``max_bytes``; its body was not read."""
+
+    def __init__(self, key: str, size: int) -> None:
+        super().__init__(f"{key}: {size} bytes")
+        self.key = key
+        self.size = size
+
+
 class BlobStoreError(Exception):
     """The store itself failed (unreachable, denied, disk full); the operation may be retried."""
 
@@ -138,9 +147,10 @@ class BlobStore(Protocol):
         """The blob's size and modification time, or ``None`` when there is no blob."""
         ...
 
-    def get(self, key: str) -> bytes:
-        """The whole blob in memory (raises :class:`BlobNotFoundError`). For large inputs prefer
-        :meth:`download_to`."""
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """The whole blob in memory (raises :class:`BlobNotFoundError`). With ``max_bytes``, a
+        larger blob raises :class:`BlobTooLargeError` before its body is read, so one call does
+        what a HEAD and a GET would. For large inputs prefer :meth:`download_to`."""
         ...
 
     def download_to(self, key: str, destination: Path) -> None:
@@ -384,10 +394,13 @@ class S3BlobStore(BlobStore):
             key=key, size=response["ContentLength"], last_modified=response.get("LastModified")
         )
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         validate_key(key)
         try:
             response = self._client.get_object(Bucket=self._bucket, Key=key)
+            if max_bytes is not None and response["ContentLength"] > max_bytes:
+                response["Body"].close()
+                raise BlobTooLargeError(key, response["ContentLength"])
             return response["Body"].read()
         except ClientError as exc:
             if _is_not_found(exc):
@@ -717,10 +730,14 @@ class LocalBlobStore(BlobStore):
             return None
         return BlobInfo(key=key, size=st.st_size, last_modified=_mtime(st))
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         path = self.blob_path(key)
         try:
-            return path.read_bytes()
+            with open(path, "rb") as blob:
+                size = os.fstat(blob.fileno()).st_size
+                if max_bytes is not None and size > max_bytes:
+                    raise BlobTooLargeError(key, size)
+                return blob.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise BlobNotFoundError(key) from exc
         except OSError as exc:

@@ -236,6 +236,17 @@ def test_list_prefix_is_a_plain_string_prefix_in_key_order(backend: Backend) -> 
     assert sizes[backend.key("p/a/c/d")] == len(b"p/a/c/d")
 
 
+def test_get_refuses_a_blob_over_max_bytes(backend: Backend) -> None:
+    from service.storage import BlobTooLargeError
+
+    key = backend.key("inputs/big")
+    backend.store.put(key, b"x" * 100)
+    assert backend.store.get(key, max_bytes=100) == b"x" * 100
+    with pytest.raises(BlobTooLargeError) as raised:
+        backend.store.get(key, max_bytes=99)
+    assert raised.value.size == 100
+
+
 def test_list_prefix_starts_after_a_key(backend: Backend) -> None:
     for name in ["p/a", "p/b", "p/c", "p/d"]:
         backend.store.put(backend.key(name), b"x")
