@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from typing import Any
 
 from flask import Response, current_app, g, redirect, request
 from flask_openapi3 import Info, OpenAPI
 
+from service import logs, metrics
 from service.auth import authenticate, key_from_headers
 from service.context import ServiceContext, make_context
 from service.errors import ApiError, register_error_handlers, validation_error_response
@@ -85,8 +87,18 @@ def create_app(
     def docs_home() -> Any:
         return redirect("/docs/swagger", code=302)
 
+    # A plain Flask route: no auth (scrapers carry no key) and not in the public OpenAPI document.
+    fleet = metrics.FleetCollector(context.session_factory)
+
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.render([fleet])
+        return Response(body, content_type=content_type)
+
+    app.add_url_rule("/metrics", "metrics", prometheus_metrics, methods=["GET"])
+
     app.before_request(_assign_request_id)
     app.after_request(_finish_response)
+    app.teardown_request(_forget_log_context)
     register_error_handlers(app)
     return app
 
@@ -99,6 +111,10 @@ def _assign_request_id() -> None:
         if 0 < len(incoming) <= 64 and incoming.isascii()
         else ("req_" + secrets.token_hex(12))
     )
+    g.request_started = time.perf_counter()
+    # gthread reuses its threads: start from an empty context, not the previous request's.
+    logs.clear()
+    logs.bind(request_id=g.request_id)
 
 
 def _authenticate() -> None:
@@ -108,10 +124,26 @@ def _authenticate() -> None:
     if principal is None:
         raise ApiError(401, "unauthorized", "missing or unknown API key (X-API-KEY header)")
     g.principal = principal
+    logs.bind(customer_id=principal.customer_id)
 
 
 def _finish_response(response: Response) -> Response:
     response.headers["X-Request-Id"] = g.get("request_id", "")
     for name, value in (g.get("rate_limit_headers") or {}).items():
         response.headers.setdefault(name, value)
+    _observe_request(response.status_code)
     return response
+
+
+def _observe_request(status: int) -> None:
+    # The route template, not the path: ids in paths would make a series per resource.
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    if route == "/metrics":
+        return  # the scrapes themselves would only dilute the API's request rates
+    started = g.get("request_started")
+    seconds = time.perf_counter() - started if started is not None else 0.0
+    metrics.observe_http(route, request.method, status, seconds)
+
+
+def _forget_log_context(_exc: BaseException | None) -> None:
+    logs.clear()

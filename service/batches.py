@@ -290,16 +290,18 @@ def quota_exhausted(customer: Customer) -> bool:
 # --- cancel ------------------------------------------------------------------------------------
 
 
-def cancel_batch(session: Session, batch_id: str) -> Batch:
-    """Pending → cancelled in one conditional update; running items finish on their own."""
+def cancel_batch(session: Session, batch_id: str) -> tuple[Batch, int]:
+    """Pending → cancelled in one conditional update; running items finish on their own.
+
+    Returns the batch and how many items this call cancelled."""
     batch = lock_batch(session, batch_id)
     if batch.status in TERMINAL_BATCH_STATUSES:
-        return batch
+        return batch, 0
     # Taken inside the lock: no item can have started after this instant.
     now = utcnow()
     if batch.cancel_requested_at is None:
         batch.cancel_requested_at = now
-    move_items_in_bulk(
+    cancelled = move_items_in_bulk(
         session,
         batch,
         ItemStatus.PENDING,
@@ -311,4 +313,4 @@ def cancel_batch(session: Session, batch_id: str) -> Batch:
         lease_expires_at=None,
     )
     refresh_batch_status(batch, now)
-    return batch
+    return batch, cancelled

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,6 +157,9 @@ def customers_list() -> None:
 def api(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the HTTP API under gunicorn."""
     _settings()  # fail here, with the message, rather than inside every gunicorn worker
+    # The directory outlives the exec (nothing is left to remove it); it holds a few small
+    # files per gunicorn worker, under the container's or machine's temp dir.
+    _prepare_metrics_dir("api")
     os.execvp(
         sys.executable,
         [
@@ -176,6 +181,9 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
             "300",
             "--access-logfile",
             "-",
+            # Structured logs for gunicorn's own lines and the app's (service/logs.py).
+            "--logger-class",
+            "service.logs.GunicornLogger",
             "service.app:create_app()",
         ],
     )
@@ -187,11 +195,29 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--hostname", "-n", default=None)
 def worker(concurrency: int, queues: str, loglevel: str, hostname: str | None) -> None:
-    """Run a Celery worker (one task per batch item)."""
+    """Run a Celery worker (one task per batch item).
+
+    SIGTERM is Celery's warm shutdown: the worker stops taking messages, lets its running items
+    finish (their results, billing and slots are written as usual), then exits. A message it
+    had received but not started is unacknowledged (acks_late) and goes back to the queue.
+    """
+    settings = _settings()
+    created_metrics_dir = _prepare_metrics_dir("worker")
+    # Imported only now: prometheus_client must see PROMETHEUS_MULTIPROC_DIR when it loads.
+    from service import logs, metrics
     from tasks.worker import make_worker_app
 
-    app = make_worker_app(_settings())
+    # Celery configures logging again through the setup_logging signal (tasks/worker.py); this
+    # earlier call covers what happens before that, such as the metrics endpoint starting.
+    logs.configure_logging(loglevel, fmt=settings.log_format)
+    app = make_worker_app(settings)
+    # In this, the parent process, before the pool forks: one endpoint adds up every child's
+    # files. The children inherit the listening socket but never serve it.
+    metrics.start_worker_metrics_server(settings.worker_metrics_port)
     argv = [
+        # Celery's start-up banner is for people at a terminal; in JSON mode it would be the
+        # only lines a log shipper cannot parse (the connection and "ready" are logged).
+        *(["--quiet"] if logs.uses_json(settings.log_format) else []),
         "worker",
         f"--concurrency={concurrency}",
         f"--queues={queues}",
@@ -201,20 +227,35 @@ def worker(concurrency: int, queues: str, loglevel: str, hostname: str | None) -
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
-    app.worker_main(argv=argv)
+    try:
+        app.worker_main(argv=argv)
+    finally:
+        if created_metrics_dir is not None:
+            shutil.rmtree(created_metrics_dir, ignore_errors=True)
 
 
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 def beat(loglevel: str) -> None:
     """Run Celery beat (exactly one per deployment: it schedules the sweeps)."""
+    import redis
+
+    from tasks.beat import BeatAlreadyRunningError, BeatLock
     from tasks.worker import make_worker_app
 
     settings = _settings()
     app = make_worker_app(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     schedule = settings.data_dir / "celerybeat-schedule"
-    app.start(argv=["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+    lock = BeatLock(redis.Redis.from_url(settings.require_redis()))
+    try:
+        lock.acquire()
+    except BeatAlreadyRunningError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        app.start(argv=["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+    finally:
+        lock.release()
 
 
 @main.command()
@@ -302,6 +343,20 @@ def up(data_dir: Path | None, port: int, workers: int) -> None:
         stop_all()
 
 
+def _prepare_metrics_dir(role: str) -> str | None:
+    """Give this role's processes a fresh PROMETHEUS_MULTIPROC_DIR unless one is set.
+
+    Fresh, because files left by a previous run would be added to this one's counters. Set it
+    yourself only to a directory that is emptied before each start and used by one role only.
+    Returns the directory when this call created it (the caller removes it at exit).
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    path = tempfile.mkdtemp(prefix=f"pagelane-metrics-{role}-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
 def _persistent_secret(path: Path) -> str:
     if not path.exists():
         path.write_text(secrets.token_urlsafe(32))
@@ -375,6 +430,10 @@ def _wait_for_port(port: int, timeout: float = 15) -> None:
         time.sleep(0.1)
     raise click.ClickException(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
+
+from client.cli import register_client_commands  # noqa: E402 - the client side of `pagelane`
+
+register_client_commands(main)
 
 if __name__ == "__main__":
     main()

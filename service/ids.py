@@ -1,7 +1,7 @@
 """Resource ids: a type prefix, then 48 bits of milliseconds and 96 random bits, base32.
 
 The time part makes ids roughly sortable by creation; the 96 random bits make them unguessable
-(SPEC: at least 96). Lower-case Crockford-free base32 keeps them URL- and S3-key-safe.
+(SPEC: at least 96). Lower-case base32hex keeps them URL- and S3-key-safe.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import time
 def new_id(prefix: str, *, now_ms: int | None = None) -> str:
     millis = int(time.time() * 1000) if now_ms is None else now_ms
     raw = millis.to_bytes(6, "big") + secrets.token_bytes(12)
-    return f"{prefix}_{base64.b32encode(raw).decode().rstrip('=').lower()}"
+    # base32hex (0-9, a-v) keeps the bytes' order, so ids sort by their time part; the
+    # standard alphabet (a-z, then 2-7) would not.
+    return f"{prefix}_{base64.b32hexencode(raw).decode().rstrip('=').lower()}"
 
 
 def new_ids_in_order(prefix: str, count: int) -> list[str]:

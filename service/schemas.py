@@ -14,7 +14,6 @@ from flask_openapi3 import FileStorage
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
-ID_PATTERN = r"^[a-z]+_[a-z0-9]{16,40}$"
 
 
 class StrictModel(BaseModel):

@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     ocr_http_model: str = Field("", description="Model name for the `http` provider.")
     ocr_http_timeout_seconds: float = Field(60.0, gt=0, description="Per-request timeout (`http`).")
 
+    # --- observability -----------------------------------------------------------------------
+    worker_metrics_port: int = Field(
+        9808, ge=0, le=65535, description="Port of a worker's Prometheus `/metrics`; 0 = off."
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="`json` (one object per line), `text`, or `auto`: text on a terminal."
+    )
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
         if self.blob_store == "s3" and not self.s3_bucket:

@@ -13,12 +13,14 @@ it back to pending (or fails it with ``internal_error`` at the attempt cap).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
 import random
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,6 +29,7 @@ from sqlalchemy import select, update
 
 import ocr
 from service import batches as lifecycle
+from service import logs, metrics
 from service.billing import release_pages, reserve_pages, settle_pages
 from service.clock import utcnow
 from service.context import ServiceContext
@@ -64,16 +67,19 @@ class Failure:
 
 def process_item(ctx: ServiceContext, item_id: str) -> str:
     """Run one item to an outcome; returns what happened (for logs and tests)."""
-    claim = claim_item(ctx, item_id)
-    if claim is None:
-        return "skipped"
-    try:
-        outcome = _work(ctx, claim)
-    finally:
-        # The slot is free whatever happened (a lost lease means someone else holds the item).
-        ctx.dispatcher.semaphore.release(claim.customer_id, [claim.item_id])
-        ctx.dispatcher.admit(claim.customer_id)
-    return outcome
+    with logs.log_context(item_id=item_id):
+        claim = claim_item(ctx, item_id)
+        if claim is None:
+            return "skipped"
+        with logs.log_context(batch_id=claim.batch_id, customer_id=claim.customer_id):
+            try:
+                outcome = _work(ctx, claim)
+            finally:
+                # The slot is free whatever happened (a lost lease means someone else holds
+                # the item).
+                ctx.dispatcher.semaphore.release(claim.customer_id, [claim.item_id])
+                ctx.dispatcher.admit(claim.customer_id)
+        return outcome
 
 
 def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
@@ -100,6 +106,8 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
         ):
             item.admitted_at = None
             return None
+        admitted_at = item.admitted_at
+        claim: Claim | None = None
         if item.attempts - item.ocr_failures >= settings.max_attempts:
             lifecycle.move_item(
                 session,
@@ -115,23 +123,29 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
                 error_message=f"gave up after {item.attempts} attempts; safe to resubmit",
             )
             semaphore.release(item.customer_id, [item.id])
-            return None
-        token = secrets.token_hex(16)
-        lifecycle.move_item(
-            session,
-            batch,
-            item,
-            ItemStatus.RUNNING,
-            now,
-            attempts=item.attempts + 1,
-            lease_token=token,
-            lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-            started_at=item.started_at or now,
-            retry_at=None,
-        )
-        return Claim(
-            item.id, batch.id, item.customer_id, item.file_id, token, dict(batch.options), cap
-        )
+        else:
+            token = secrets.token_hex(16)
+            lifecycle.move_item(
+                session,
+                batch,
+                item,
+                ItemStatus.RUNNING,
+                now,
+                attempts=item.attempts + 1,
+                lease_token=token,
+                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+                started_at=item.started_at or now,
+                retry_at=None,
+            )
+            claim = Claim(
+                item.id, batch.id, item.customer_id, item.file_id, token, dict(batch.options), cap
+            )
+    # Metrics only once the transaction has committed: a rolled-back claim changed nothing.
+    if claim is None:
+        metrics.item_finished("failed", "internal_error")
+    else:
+        metrics.observe_queue_wait(admitted_at, now)
+    return claim
 
 
 def _work(ctx: ServiceContext, claim: Claim) -> str:
@@ -180,6 +194,7 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
     if not reserved:
         return _fail_for_quota(ctx, claim)
 
+    started = time.perf_counter()
     try:
         with Heartbeat(ctx, claim) as heartbeat:
             result = ocr.extract(
@@ -197,12 +212,17 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
     except Exception:
         log.exception("extraction crashed", extra={"item_id": claim.item_id})
         return _fail(ctx, claim, Failure("internal_error", "unexpected error; safe to resubmit"))
+    finally:
+        metrics.observe_extraction(time.perf_counter() - started)
 
     key = result_key(claim.customer_id, claim.batch_id, claim.item_id)
     store.put(
         key, json.dumps(result, separators=(",", ":")).encode(), content_type="application/json"
     )
-    return _succeed(ctx, claim, key, result["page_count"], result["pages_billed"])
+    outcome = _succeed(ctx, claim, key, result["page_count"], result["pages_billed"])
+    if outcome == "succeeded":
+        metrics.record_pages(result)
+    return outcome
 
 
 class Heartbeat:
@@ -222,7 +242,13 @@ class Heartbeat:
         self._published = 0
         self._lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+        # Run in a copy of the caller's context: the heartbeat's log lines name the item too.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._run,),
+            name="lease-heartbeat",
+            daemon=True,
+        )
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -340,6 +366,7 @@ def _succeed(ctx: ServiceContext, claim: Claim, key: str, page_count: int, pages
             error_code=None,
             error_message=None,
         )
+    metrics.item_finished("succeeded")
     return "succeeded"
 
 
@@ -393,6 +420,7 @@ def _fail(ctx: ServiceContext, claim: Claim, failure: Failure) -> str:
             error_code=failure.code,
             error_message=failure.message,
         )
+    metrics.item_finished("failed", failure.code)
     return f"failed:{failure.code}"
 
 
@@ -422,7 +450,7 @@ def _fail_for_quota(ctx: ServiceContext, claim: Claim) -> str:
                     Item.admitted_at.is_not(None),
                 )
             )
-            lifecycle.move_items_in_bulk(
+            failed = lifecycle.move_items_in_bulk(
                 session,
                 batch,
                 ItemStatus.PENDING,
@@ -433,5 +461,6 @@ def _fail_for_quota(ctx: ServiceContext, claim: Claim) -> str:
                 error_code="payment_required",
                 error_message="the page quota of this account is used up",
             )
+        metrics.item_finished("failed", "payment_required", failed)
     ctx.dispatcher.semaphore.release(claim.customer_id, released)
     return outcome

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from service import batches as lifecycle
+from service import metrics
 from service.billing import release_pages
 from service.context import ServiceContext
 from service.db import transaction
@@ -78,6 +79,7 @@ def requeue_stale_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
     for customer_id in touched_customers:
         ctx.dispatcher.prune_holders(customer_id)
         ctx.dispatcher.admit(customer_id)
+    metrics.item_finished("failed", "internal_error", counts["failed"])
     return counts
 
 
@@ -149,6 +151,7 @@ def expire_uploads(ctx: ServiceContext, now: datetime) -> dict[str, int]:
                 .execution_options(synchronize_session=False)
             )
     failed = _fail_pending_items_of_files(ctx, file_ids, now) if file_ids else 0
+    metrics.item_finished("failed", "upload_missing", failed)
     return {"files_expired": len(file_ids), "items_failed": failed}
 
 

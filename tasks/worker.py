@@ -2,15 +2,21 @@
 
 Each worker child builds its own ServiceContext after fork (``worker_process_init``): database
 connections and Redis sockets must never be shared across processes.
+
+Logging is ours, not Celery's (``setup_logging``: structured lines, service/logs.py), and every
+task's lines carry its task id. Metrics are recorded in the children and served by the parent
+(service/metrics.py; the endpoint is started by `pagelane worker`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery, signals
 
+from service import logs, metrics
 from service.clock import utcnow
 from service.context import ServiceContext, make_context
 from service.settings import Settings
@@ -45,10 +51,23 @@ def make_worker_app(settings: Settings) -> Celery:
     state = WorkerState(settings, app)
     signals.worker_process_init.connect(state.reset_after_fork, weak=False)
 
+    def setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+        # Any receiver of this signal stops Celery from configuring (and hijacking) the root
+        # logger and from redirecting stdout; it is sent in the main process and again in each
+        # pool child, and configure_logging is safe to repeat.
+        logs.configure_logging(loglevel or "INFO", fmt=settings.log_format)
+
+    signals.setup_logging.connect(setup_logging, weak=False, dispatch_uid="pagelane.logging")
+    signals.task_prerun.connect(_bind_task_id, weak=False, dispatch_uid="pagelane.task_prerun")
+    signals.task_postrun.connect(_forget_task, weak=False, dispatch_uid="pagelane.task_postrun")
+    signals.worker_process_shutdown.connect(
+        _child_exits, weak=False, dispatch_uid="pagelane.child_exits"
+    )
+
     @app.task(name=PROCESS_ITEM, bind=False, ignore_result=True)
     def process_item_task(item_id: str) -> str:
         outcome = process_item(state.context, item_id)
-        log.info("item %s: %s", item_id, outcome)
+        log.info("item %s: %s", item_id, outcome, extra={"item_id": item_id})
         return outcome
 
     for name, sweep in SWEEPS.items():
@@ -56,10 +75,28 @@ def make_worker_app(settings: Settings) -> Celery:
     return app
 
 
+def _bind_task_id(task_id: str | None = None, **_: Any) -> None:
+    # A pool child runs one task after another: start each from an empty context.
+    logs.clear()
+    logs.bind(task_id=task_id)
+
+
+def _forget_task(**_: Any) -> None:
+    logs.clear()
+
+
+def _child_exits(pid: int | None = None, **_: Any) -> None:
+    metrics.mark_process_dead(pid or os.getpid())
+
+
 def _register_sweep(app: Celery, state: WorkerState, name: str, sweep: Any) -> None:
     @app.task(name=f"pagelane.sweep.{name}", ignore_result=True)
     def run_sweep() -> dict[str, int]:
-        counts: dict[str, int] = sweep(state.context, utcnow())
+        try:
+            counts: dict[str, int] = sweep(state.context, utcnow())
+        finally:
+            metrics.sweep_ran(name)  # failures too: "runs but fails" is PagelaneSweepStale's job
+        metrics.sweep_succeeded(name, counts, utcnow())
         if any(counts.values()):
             log.info("sweep %s: %s", name, counts)
         return counts

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import CORPUS
-from tests.support.stack import REPO, free_port, wait_for
+from tests.support.stack import REPO, free_port, settings_env, wait_for
 
 
 def pagelane(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
@@ -126,3 +126,21 @@ def _ready(api: str) -> bool:
         return httpx.get(f"{api}/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_second_beat_refuses_to_start(make_settings, tmp_path: Path, flush_redis) -> None:
+    from tests.support.stack import start_beat
+
+    settings = make_settings(blob_store="local")
+    first = start_beat(settings, tmp_path)
+    try:
+        wait_for(lambda: "beat: Starting" in first.log() or "is starting" in first.log(), 30)
+        second = subprocess.run(
+            [sys.executable, "-m", "service.cli", "beat"], cwd=REPO, capture_output=True,
+            text=True, timeout=60, env=settings_env(settings),
+        )
+        assert second.returncode != 0
+        assert "another beat holds the lock" in second.stderr
+        assert first.alive()
+    finally:
+        first.stop()

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.wrappers import Response as BaseResponse
 
 from service import batches as lifecycle
+from service import metrics
 from service.api.common import (
     caller,
     json_response,
@@ -144,8 +145,9 @@ def make_batches_blueprint() -> APIBlueprint:
                     )
                 )
             )
-            batch = lifecycle.cancel_batch(session, path.batch_id)
+            batch, cancelled = lifecycle.cancel_batch(session, path.batch_id)
             body = batch_view(batch)
+        metrics.item_finished("cancelled", "", cancelled)
         # Cancelled items that held a slot give it back; their queued messages find nothing
         # claimable and do nothing.
         ctx.dispatcher.semaphore.release(batch.customer_id, admitted)

@@ -185,3 +185,11 @@ def test_api_accepts_a_database_ahead_of_it(make_settings) -> None:
         connection.execute(text("UPDATE alembic_version SET version_num = 'from_the_future'"))
     engine.dispose()
     assert create_app(settings).test_client().get("/healthz").status_code == 200
+
+
+def test_ids_sort_by_creation_time() -> None:
+    from service.ids import new_id
+
+    ids = [new_id("batch", now_ms=1_700_000_000_000 + n * 1000) for n in range(600)]
+    assert ids == sorted(ids)
+    assert all(len(i) >= len("batch_") + 28 for i in ids)  # 144 bits: 48 of time, 96 random

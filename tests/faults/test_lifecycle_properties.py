@@ -100,7 +100,7 @@ class ItemLifecycle(RuleBasedStateMachine):
     def cancel(self, data: st.DataObject) -> None:
         batch_id = data.draw(st.sampled_from(self.batches))
         with transaction(self.ctx.session_factory) as session:
-            lifecycle.cancel_batch(session, batch_id)
+            lifecycle.cancel_batch(session, batch_id)  # returns (batch, cancelled)
 
     @rule()
     def leases_run_out(self) -> None:

@@ -1,0 +1,421 @@
+"""The asyncio SDK: :class:`AsyncClient`, the same methods as :class:`client.Client`, awaited.
+
+What is retried, how long to wait and which error to raise come from :mod:`client.protocol`,
+shared with the sync client; only sending and sleeping differ here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from client import protocol
+from client.config import RetryPolicy, resolve_api_key, resolve_api_url
+from client.errors import ApiError, PagelaneConnectionError
+from client.models import (
+    Batch,
+    BatchItem,
+    BatchList,
+    BatchOptions,
+    ExtractResult,
+    File,
+    FileSpec,
+    UploadInstructions,
+)
+from client.protocol import ApiCall, RetryNotice
+from client.sync_client import (
+    BLOCK_SIZE,
+    QUICK_POLL_SECONDS,
+    STREAM_THRESHOLD,
+    UploadSource,
+    _instructions,
+    _source_length,
+    user_agent,
+)
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`client.Client` (same arguments, same methods, awaited).
+
+    Safe to share between tasks of one event loop; ``async with`` closes it.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[RetryNotice], None] | None = None,
+        max_connections: int = 32,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.base_url = resolve_api_url(base_url)
+        self.retry = retry or RetryPolicy()
+        self.on_retry = on_retry
+        self._sleep = sleep
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._api = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"X-API-KEY": resolve_api_key(api_key), "User-Agent": user_agent()},
+            timeout=timeout,
+            limits=limits,
+            transport=transport,
+        )
+        # No default headers: the API key must never travel to the blob store.
+        self._blobs = httpx.AsyncClient(
+            headers={"User-Agent": user_agent()}, timeout=timeout, limits=limits
+        )
+        self.files = AsyncFiles(self)
+        self.batches = AsyncBatches(self)
+        self.results = AsyncResults(self)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+        await self._blobs.aclose()
+
+    async def call(self, call: ApiCall[T]) -> T:
+        """Send one API call with retries; its parsed answer, or :class:`ApiError`."""
+        response = await self._send_with_retries(
+            call.method,
+            call.path,
+            lambda: self._api.request(
+                call.method, call.path, params=call.params, json=call.json, headers=call.headers
+            ),
+            lambda r: r.status_code in call.success,
+        )
+        return call.parse(response)
+
+    async def _send_with_retries(
+        self,
+        method: str,
+        url: str,
+        send: Callable[[], Awaitable[httpx.Response]],
+        ok: Callable[[httpx.Response], bool],
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await send()
+            except httpx.TransportError as exc:
+                if attempt >= self.retry.max_attempts:
+                    raise PagelaneConnectionError(
+                        f"{method} {protocol.redact_url(url)} failed after {attempt} attempts: "
+                        f"{protocol.describe_transport_error(exc)}",
+                        method=method,
+                        url=protocol.redact_url(url),
+                    ) from exc
+                await self._wait(method, url, attempt, self.retry.backoff(attempt), exc)
+                continue
+            if ok(response):
+                return response
+            delay = protocol.retry_delay(response, self.retry, attempt)
+            if delay is None or attempt >= self.retry.max_attempts:
+                raise protocol.error_from_response(response)
+            await self._wait(method, url, attempt, delay, response)
+
+    async def _wait(
+        self, method: str, url: str, attempt: int, delay: float, cause: httpx.Response | Exception
+    ) -> None:
+        if isinstance(cause, httpx.Response):
+            reason = f"{cause.status_code} {protocol.error_from_response(cause).code}"
+        else:
+            reason = protocol.describe_transport_error(cause)
+        if self.on_retry is not None:
+            self.on_retry(RetryNotice(method, protocol.redact_url(url), attempt, delay, reason))
+        await self._sleep(delay)
+
+
+class AsyncFiles:
+    """``/v1/files``: register uploads, PUT their bytes, read them back."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+        self._bulk_supported: bool | None = None
+
+    async def create(
+        self,
+        size_bytes: int,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        sha256: str | None = None,
+    ) -> File:
+        """Register one upload; the answer's ``upload`` says where to PUT the bytes."""
+        spec = FileSpec(
+            size_bytes=size_bytes, filename=filename, content_type=content_type, sha256=sha256
+        )
+        return await self._client.call(protocol.create_file(spec))
+
+    async def create_many(self, specs: Sequence[FileSpec]) -> builtins.list[File]:
+        """Register many uploads, in order: 1,000 per ``POST /v1/files/bulk``; one by one on a
+        server without the bulk endpoint (404/405), remembered for the client's lifetime."""
+        registered: builtins.list[File] = []
+        for start in range(0, len(specs), protocol.BULK_REGISTRATION_LIMIT):
+            chunk = specs[start : start + protocol.BULK_REGISTRATION_LIMIT]
+            if self._bulk_supported is not False:
+                try:
+                    batch_of_files: builtins.list[File] = await self._client.call(
+                        protocol.create_files_bulk(chunk)
+                    )
+                    registered.extend(batch_of_files)
+                    self._bulk_supported = True
+                    continue
+                except ApiError as exc:
+                    if self._bulk_supported or not protocol.bulk_unsupported(exc):
+                        raise
+                    self._bulk_supported = False
+            for spec in chunk:
+                registered.append(await self._client.call(protocol.create_file(spec)))
+        return registered
+
+    async def upload(self, file: File | UploadInstructions, source: UploadSource) -> None:
+        """PUT ``source`` (bytes or a path) to the file's presigned URL with its headers;
+        network errors, 429 and 5xx are retried, other answers raise :class:`ApiError`."""
+        instructions = _instructions(file)
+        length = _source_length(source)
+
+        async def send() -> httpx.Response:
+            headers = {**instructions.headers, "Content-Length": str(length)}
+            return await self._client._blobs.request(
+                instructions.method, instructions.url, content=_read_source(source), headers=headers
+            )
+
+        await self._client._send_with_retries(
+            instructions.method, instructions.url, send, lambda r: 200 <= r.status_code < 300
+        )
+
+    async def get(self, file_id: str) -> File:
+        """The file; a finished PUT shows ``uploaded`` without any confirm call."""
+        return await self._client.call(protocol.get_file(file_id))
+
+
+class AsyncBatches:
+    """``/v1/batches``: submit, poll, list and cancel."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        file_ids: Sequence[str],
+        *,
+        options: BatchOptions | Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        engine: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Batch:
+        """Submit uploaded files as one batch (a random ``idempotency_key`` when none is given,
+        so retries never make a second batch; pass your own to survive a crash)."""
+        call = protocol.create_batch(
+            file_ids,
+            idempotency_key=idempotency_key or protocol.new_idempotency_key(),
+            options=dict(options) if isinstance(options, Mapping) else options,
+            metadata=metadata,
+            engine=engine,
+        )
+        return await self._client.call(call)
+
+    async def get(
+        self, batch_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> Batch:
+        """The batch with one page of items changed after ``cursor`` and the ``next_cursor``."""
+        return await self._client.call(protocol.get_batch(batch_id, cursor=cursor, limit=limit))
+
+    async def list(
+        self, *, status: str | None = None, cursor: str | None = None, limit: int | None = None
+    ) -> BatchList:
+        """One page of the caller's batches, newest first (``next_cursor`` for the next)."""
+        return await self._client.call(
+            protocol.list_batches(status=status, cursor=cursor, limit=limit)
+        )
+
+    def iter_changes(
+        self,
+        batch_id: str,
+        *,
+        cursor: str | None = None,
+        poll_interval: float = 1.0,
+        page_size: int = 500,
+    ) -> AsyncChangeFeed:
+        """Every item change from ``cursor`` on, until the batch is terminal (``async for``)."""
+        return AsyncChangeFeed(
+            self, batch_id, cursor, poll_interval, page_size, self._client._sleep
+        )
+
+    async def cancel(self, batch_id: str) -> Batch:
+        """Cancel the pending items; running ones finish. A terminal batch comes back as is."""
+        return await self._client.call(protocol.cancel_batch(batch_id))
+
+    async def wait(
+        self, batch_id: str, *, poll_interval: float = 2.0, timeout: float | None = None
+    ) -> Batch:
+        """Poll until the batch is terminal; raises ``TimeoutError`` after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            batch = await self.get(batch_id, limit=1)
+            if batch.is_terminal:
+                return batch
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"batch {batch_id} is still {batch.status} after {timeout} s")
+            await self._client._sleep(poll_interval)
+
+
+class AsyncChangeFeed:
+    """The asyncio :class:`client.sync_client.ChangeFeed`: ``async for item in feed``, with the
+    same ``cursor`` (safe to persist) and ``batch`` attributes, and the same polling and
+    stopping rules. ``sleep`` is the coroutine function it waits with."""
+
+    def __init__(
+        self,
+        batches: AsyncBatches,
+        batch_id: str,
+        cursor: str | None,
+        poll_interval: float,
+        page_size: int,
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.batch_id = batch_id
+        self.cursor = cursor
+        self.batch: Batch | None = None
+        self._batches = batches
+        self._poll_interval = poll_interval
+        self._page_size = page_size
+        self.sleep = sleep
+        self._items = self._follow()
+
+    def __aiter__(self) -> AsyncChangeFeed:
+        return self
+
+    async def __anext__(self) -> BatchItem:
+        return await self._items.__anext__()
+
+    async def _follow(self) -> AsyncIterator[BatchItem]:
+        quick = delay = min(QUICK_POLL_SECONDS, self._poll_interval)
+        while True:
+            page = await self._batches.get(self.batch_id, cursor=self.cursor, limit=self._page_size)
+            self.batch = page
+            items = page.items or []
+            for item in items:
+                yield item
+            self.cursor = page.next_cursor or self.cursor
+            if len(items) < self._page_size:
+                if page.is_terminal:
+                    return
+                # Items still changing: look again soon. A quiet batch is asked less and less
+                # often, up to poll_interval.
+                delay = quick if items else min(delay * 2, self._poll_interval)
+                await self.sleep(delay)
+
+
+class AsyncResults:
+    """``/v1/batches/{id}/items/{id}/result``: the Extract result of a succeeded item."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def get(self, batch_id: str, item_id: str) -> ExtractResult:
+        """The parsed result. Follows the 302 itself: the signed URL gets no API key."""
+        client = self._client
+        location = await client.call(protocol.result_location(client.base_url, batch_id, item_id))
+        if location.body is not None:
+            return ExtractResult.model_validate_json(location.body)
+        url = location.url
+        assert url is not None
+        response = await client._send_with_retries(
+            "GET", url, lambda: client._blobs.get(url), lambda r: r.status_code == 200
+        )
+        return ExtractResult.model_validate_json(response.content)
+
+    async def download(
+        self, batch_id: str, item_id: str, destination: str | os.PathLike[str]
+    ) -> Path:
+        """Stream the result JSON into ``destination``, all or nothing (written beside it and
+        renamed into place)."""
+        client = self._client
+        target = Path(destination)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                location = await client.call(
+                    protocol.result_location(client.base_url, batch_id, item_id)
+                )
+                if location.body is not None:
+                    partial.write_bytes(location.body)
+                    break
+                assert location.url is not None
+                try:
+                    if await self._stream_to(location.url, partial, attempt):
+                        break
+                except httpx.TransportError as exc:
+                    if attempt >= client.retry.max_attempts:
+                        raise PagelaneConnectionError(
+                            f"downloading the result of {item_id} failed: "
+                            f"{protocol.describe_transport_error(exc)}",
+                            method="GET",
+                            url=protocol.redact_url(location.url),
+                        ) from exc
+                    await client._wait(
+                        "GET", location.url, attempt, client.retry.backoff(attempt), exc
+                    )
+            os.replace(partial, target)
+            return target
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+
+    async def _stream_to(self, url: str, partial: Path, attempt: int) -> bool:
+        client = self._client
+        async with client._blobs.stream("GET", url) as response:
+            if response.status_code != 200:
+                await response.aread()
+                delay = protocol.retry_delay(response, client.retry, attempt)
+                if delay is None or attempt >= client.retry.max_attempts:
+                    raise protocol.error_from_response(response)
+                await client._wait("GET", url, attempt, delay, response)
+                return False
+            with open(partial, "wb") as out:
+                async for block in response.aiter_bytes(BLOCK_SIZE):
+                    out.write(block)
+        return True
+
+
+def _read_source(source: UploadSource) -> bytes | AsyncIterator[bytes]:
+    if isinstance(source, bytes):
+        return source
+    path = Path(source)
+    if path.stat().st_size <= STREAM_THRESHOLD:
+        return path.read_bytes()
+    return _blocks(path)
+
+
+async def _blocks(path: Path) -> AsyncIterator[bytes]:
+    # Local reads of 1 MiB blocks take well under a millisecond; not worth a thread each.
+    with open(path, "rb") as stream:
+        while block := stream.read(BLOCK_SIZE):
+            yield block

@@ -1,0 +1,450 @@
+"""The blocking SDK: :class:`Client` with ``files``, ``batches`` and ``results``.
+
+:class:`client.async_client.AsyncClient` has the same methods, awaited. Both send every call
+through one retry loop (see :mod:`client.protocol` for what is retried and how long it waits).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from client import protocol
+from client.config import RetryPolicy, resolve_api_key, resolve_api_url
+from client.errors import ApiError, PagelaneConnectionError
+from client.models import (
+    Batch,
+    BatchItem,
+    BatchList,
+    BatchOptions,
+    ExtractResult,
+    File,
+    FileSpec,
+    UploadInstructions,
+)
+from client.protocol import ApiCall, RetryNotice
+
+T = TypeVar("T")
+UploadSource = bytes | str | os.PathLike[str]
+# Bodies up to this size are read whole; larger ones stream from disk in blocks.
+STREAM_THRESHOLD = 8 * 1024 * 1024
+BLOCK_SIZE = 1024 * 1024
+# A change feed polls this soon after a page that had changes (poll_interval is the longest
+# wait, reached when nothing changes): the last result of a batch arrives a quarter second
+# after it is ready instead of up to a full interval later.
+QUICK_POLL_SECONDS = 0.25
+
+
+def user_agent() -> str:
+    from client import __version__
+
+    return f"pagelane-python/{__version__}"
+
+
+class Client:
+    """A connection to a Pagelane (or extract.page) API.
+
+    ``api_key`` defaults to ``$PAGELANE_API_KEY`` (then ``$EXTRACT_API_KEY``) and ``base_url``
+    to ``$PAGELANE_API_URL`` (then ``http://127.0.0.1:8080``). Every call is retried according
+    to ``retry``; ``on_retry`` hears about each wait. Thread-safe: one client can serve a pool
+    of upload threads. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[RetryNotice], None] | None = None,
+        max_connections: int = 32,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = resolve_api_url(base_url)
+        self.retry = retry or RetryPolicy()
+        self.on_retry = on_retry
+        self._sleep = sleep
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._api = httpx.Client(
+            base_url=self.base_url,
+            headers={"X-API-KEY": resolve_api_key(api_key), "User-Agent": user_agent()},
+            timeout=timeout,
+            limits=limits,
+            transport=transport,
+        )
+        # Presigned URLs carry their own credentials. A separate client without default headers
+        # guarantees the API key never travels to the blob store (S3, a CDN, ...).
+        self._blobs = httpx.Client(
+            headers={"User-Agent": user_agent()}, timeout=timeout, limits=limits
+        )
+        self.files = Files(self)
+        self.batches = Batches(self)
+        self.results = Results(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._api.close()
+        self._blobs.close()
+
+    def call(self, call: ApiCall[T]) -> T:
+        """Send one API call with retries; its parsed answer, or :class:`ApiError`."""
+        response = self._send_with_retries(
+            call.method,
+            call.path,
+            lambda: self._api.request(
+                call.method, call.path, params=call.params, json=call.json, headers=call.headers
+            ),
+            lambda r: r.status_code in call.success,
+        )
+        return call.parse(response)
+
+    def _send_with_retries(
+        self,
+        method: str,
+        url: str,
+        send: Callable[[], httpx.Response],
+        ok: Callable[[httpx.Response], bool],
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = send()
+            except httpx.TransportError as exc:
+                if attempt >= self.retry.max_attempts:
+                    raise PagelaneConnectionError(
+                        f"{method} {protocol.redact_url(url)} failed after {attempt} attempts: "
+                        f"{protocol.describe_transport_error(exc)}",
+                        method=method,
+                        url=protocol.redact_url(url),
+                    ) from exc
+                self._wait(method, url, attempt, self.retry.backoff(attempt), exc)
+                continue
+            if ok(response):
+                return response
+            delay = protocol.retry_delay(response, self.retry, attempt)
+            if delay is None or attempt >= self.retry.max_attempts:
+                raise protocol.error_from_response(response)
+            self._wait(method, url, attempt, delay, response)
+
+    def _wait(
+        self, method: str, url: str, attempt: int, delay: float, cause: httpx.Response | Exception
+    ) -> None:
+        if isinstance(cause, httpx.Response):
+            reason = f"{cause.status_code} {protocol.error_from_response(cause).code}"
+        else:
+            reason = protocol.describe_transport_error(cause)
+        if self.on_retry is not None:
+            self.on_retry(RetryNotice(method, protocol.redact_url(url), attempt, delay, reason))
+        self._sleep(delay)
+
+
+class Files:
+    """``/v1/files``: register uploads, PUT their bytes, read them back."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._bulk_supported: bool | None = None  # learnt from the first bulk call
+
+    def create(
+        self,
+        size_bytes: int,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        sha256: str | None = None,
+    ) -> File:
+        """Register one upload; the answer's ``upload`` says where to PUT the bytes."""
+        spec = FileSpec(
+            size_bytes=size_bytes, filename=filename, content_type=content_type, sha256=sha256
+        )
+        return self._client.call(protocol.create_file(spec))
+
+    def create_many(self, specs: Sequence[FileSpec]) -> builtins.list[File]:
+        """Register many uploads, in order: 1,000 per ``POST /v1/files/bulk``; one by one on a
+        server without the bulk endpoint (404/405), remembered for the client's lifetime."""
+        registered: builtins.list[File] = []
+        for start in range(0, len(specs), protocol.BULK_REGISTRATION_LIMIT):
+            chunk = specs[start : start + protocol.BULK_REGISTRATION_LIMIT]
+            if self._bulk_supported is not False:
+                try:
+                    batch_of_files: builtins.list[File] = self._client.call(
+                        protocol.create_files_bulk(chunk)
+                    )
+                    registered.extend(batch_of_files)
+                    self._bulk_supported = True
+                    continue
+                except ApiError as exc:
+                    if self._bulk_supported or not protocol.bulk_unsupported(exc):
+                        raise
+                    self._bulk_supported = False
+            registered.extend(self._client.call(protocol.create_file(spec)) for spec in chunk)
+        return registered
+
+    def upload(self, file: File | UploadInstructions, source: UploadSource) -> None:
+        """PUT ``source`` (bytes or a path) to the file's presigned URL with its headers.
+
+        Network errors, 429 and 5xx are retried; any other answer (403: the URL expired or the
+        size differs from the registered one) raises :class:`ApiError` with the store's code.
+        """
+        instructions = _instructions(file)
+        length = _source_length(source)
+
+        def send() -> httpx.Response:
+            headers = {**instructions.headers, "Content-Length": str(length)}
+            return self._client._blobs.request(
+                instructions.method, instructions.url, content=_read_source(source), headers=headers
+            )
+
+        self._client._send_with_retries(
+            instructions.method, instructions.url, send, lambda r: 200 <= r.status_code < 300
+        )
+
+    def get(self, file_id: str) -> File:
+        """The file; a finished PUT shows ``uploaded`` without any confirm call."""
+        return self._client.call(protocol.get_file(file_id))
+
+
+class Batches:
+    """``/v1/batches``: submit, poll, list and cancel."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(
+        self,
+        file_ids: Sequence[str],
+        *,
+        options: BatchOptions | Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        engine: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Batch:
+        """Submit uploaded files as one batch.
+
+        Without ``idempotency_key`` a random one is generated, so the SDK's own retries of this
+        call can never create a second batch. Pass a key derived from your input to make a
+        resubmission after a crash return the batch created the first time.
+        """
+        call = protocol.create_batch(
+            file_ids,
+            idempotency_key=idempotency_key or protocol.new_idempotency_key(),
+            options=dict(options) if isinstance(options, Mapping) else options,
+            metadata=metadata,
+            engine=engine,
+        )
+        return self._client.call(call)
+
+    def get(self, batch_id: str, *, cursor: str | None = None, limit: int | None = None) -> Batch:
+        """The batch with one page of items changed after ``cursor`` and the ``next_cursor``."""
+        return self._client.call(protocol.get_batch(batch_id, cursor=cursor, limit=limit))
+
+    def list(
+        self, *, status: str | None = None, cursor: str | None = None, limit: int | None = None
+    ) -> BatchList:
+        """One page of the caller's batches, newest first (``next_cursor`` for the next)."""
+        return self._client.call(protocol.list_batches(status=status, cursor=cursor, limit=limit))
+
+    def iter_changes(
+        self,
+        batch_id: str,
+        *,
+        cursor: str | None = None,
+        poll_interval: float = 1.0,
+        page_size: int = 500,
+    ) -> ChangeFeed:
+        """Every item change from ``cursor`` on, until the batch is terminal (see ChangeFeed);
+        ``poll_interval`` is the longest wait between two polls."""
+        return ChangeFeed(self, batch_id, cursor, poll_interval, page_size, self._client._sleep)
+
+    def cancel(self, batch_id: str) -> Batch:
+        """Cancel the pending items; running ones finish. A terminal batch comes back as is."""
+        return self._client.call(protocol.cancel_batch(batch_id))
+
+    def wait(
+        self, batch_id: str, *, poll_interval: float = 2.0, timeout: float | None = None
+    ) -> Batch:
+        """Poll until the batch is terminal; raises ``TimeoutError`` after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            batch = self.get(batch_id, limit=1)
+            if batch.is_terminal:
+                return batch
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"batch {batch_id} is still {batch.status} after {timeout} s")
+            self._client._sleep(poll_interval)
+
+
+class ChangeFeed(Iterator[BatchItem]):
+    """Iterates items as they change, following ``next_cursor``; ends when the batch is terminal.
+
+    A full page is followed at once; an incomplete one means "caught up", so the feed waits
+    before asking again: a quarter second while items keep changing, doubling while nothing
+    does, up to ``poll_interval``. It stops after the batch is terminal and a page came back
+    incomplete, which by SPEC's cursor guarantee means every item's final state was seen.
+    ``sleep`` is how it waits (``time.sleep``); replace it to do other work in the meantime.
+
+    ``cursor`` is safe to persist: it only moves past a page after every item of that page has
+    been handed out and the caller asked for the next, so resuming from it never skips an item
+    the caller did not get. ``batch`` is the latest batch resource (status, counts).
+    """
+
+    def __init__(
+        self,
+        batches: Batches,
+        batch_id: str,
+        cursor: str | None,
+        poll_interval: float,
+        page_size: int,
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.batch_id = batch_id
+        self.cursor = cursor
+        self.batch: Batch | None = None
+        self._batches = batches
+        self._poll_interval = poll_interval
+        self._page_size = page_size
+        self.sleep = sleep
+        self._items = self._follow()
+
+    def __iter__(self) -> ChangeFeed:
+        return self
+
+    def __next__(self) -> BatchItem:
+        return next(self._items)
+
+    def _follow(self) -> Iterator[BatchItem]:
+        quick = delay = min(QUICK_POLL_SECONDS, self._poll_interval)
+        while True:
+            page = self._batches.get(self.batch_id, cursor=self.cursor, limit=self._page_size)
+            self.batch = page
+            items = page.items or []
+            yield from items
+            self.cursor = page.next_cursor or self.cursor
+            if len(items) < self._page_size:
+                if page.is_terminal:
+                    return
+                # Items still changing: look again soon. A quiet batch is asked less and less
+                # often, up to poll_interval.
+                delay = quick if items else min(delay * 2, self._poll_interval)
+                self.sleep(delay)
+
+
+class Results:
+    """``/v1/batches/{id}/items/{id}/result``: the Extract result of a succeeded item."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def get(self, batch_id: str, item_id: str) -> ExtractResult:
+        """The parsed result. Follows the 302 itself: the signed URL gets no API key."""
+        client = self._client
+        location = client.call(protocol.result_location(client.base_url, batch_id, item_id))
+        if location.body is not None:
+            return ExtractResult.model_validate_json(location.body)
+        url = location.url
+        assert url is not None
+        response = client._send_with_retries(
+            "GET", url, lambda: client._blobs.get(url), lambda r: r.status_code == 200
+        )
+        return ExtractResult.model_validate_json(response.content)
+
+    def download(self, batch_id: str, item_id: str, destination: str | os.PathLike[str]) -> Path:
+        """Stream the result JSON into ``destination`` (all or nothing: written beside it and
+        renamed into place, so a crash never leaves half a file under the final name)."""
+        client = self._client
+        target = Path(destination)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                location = client.call(protocol.result_location(client.base_url, batch_id, item_id))
+                if location.body is not None:
+                    partial.write_bytes(location.body)
+                    break
+                assert location.url is not None
+                try:
+                    if self._stream_to(location.url, partial, attempt):
+                        break
+                except httpx.TransportError as exc:
+                    if attempt >= client.retry.max_attempts:
+                        raise PagelaneConnectionError(
+                            f"downloading the result of {item_id} failed: "
+                            f"{protocol.describe_transport_error(exc)}",
+                            method="GET",
+                            url=protocol.redact_url(location.url),
+                        ) from exc
+                    client._wait("GET", location.url, attempt, client.retry.backoff(attempt), exc)
+            os.replace(partial, target)
+            return target
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+
+    def _stream_to(self, url: str, partial: Path, attempt: int) -> bool:
+        """One GET of the signed URL into ``partial``; False when it should be tried again."""
+        client = self._client
+        with client._blobs.stream("GET", url) as response:
+            if response.status_code != 200:
+                response.read()
+                delay = protocol.retry_delay(response, client.retry, attempt)
+                if delay is None or attempt >= client.retry.max_attempts:
+                    raise protocol.error_from_response(response)
+                client._wait("GET", url, attempt, delay, response)
+                return False
+            with open(partial, "wb") as out:
+                for block in response.iter_bytes(BLOCK_SIZE):
+                    out.write(block)
+        return True
+
+
+def _instructions(file: File | UploadInstructions) -> UploadInstructions:
+    if isinstance(file, UploadInstructions):
+        return file
+    if file.upload is None:
+        raise ValueError(
+            f"{file.id} has no upload instructions: only the answer to files.create carries them"
+        )
+    return file.upload
+
+
+def _source_length(source: UploadSource) -> int:
+    if isinstance(source, bytes):
+        return len(source)
+    return Path(source).stat().st_size
+
+
+def _read_source(source: UploadSource) -> bytes | Iterator[bytes]:
+    """The body of one attempt: bytes as they are, a small file whole, a large one in blocks
+    (read afresh on every attempt, so a retry resends from the first byte)."""
+    if isinstance(source, bytes):
+        return source
+    path = Path(source)
+    if path.stat().st_size <= STREAM_THRESHOLD:
+        return path.read_bytes()
+    return _blocks(path)
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as stream:
+        while block := stream.read(BLOCK_SIZE):
+            yield block
