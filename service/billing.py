@@ -2,14 +2,16 @@
 
 Reservation is one conditional UPDATE on the customer row, so concurrent workers can never
 together reserve past the quota. Settling inserts the billing row keyed by the item (or sync
-request) id first: a replayed finish hits the primary key and bills nothing twice.
+request) id first (ON CONFLICT DO NOTHING): a replayed finish bills nothing twice.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, update
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from service.models import BillingEntry, Customer
@@ -55,16 +57,20 @@ def settle_pages(
     now: datetime,
 ) -> bool:
     """Turn a reservation into a billing row; False (and nothing billed) if already billed."""
-    already = session.scalar(select(BillingEntry.id).where(BillingEntry.id == billing_id))
-    if already is not None:
-        release_pages(session, customer_id, reserved)
-        return False
-    session.add(
-        BillingEntry(
+    # One conditional insert: the primary key decides, even against a concurrent duplicate.
+    dialect_insert = (
+        postgres_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    )
+    inserted = session.execute(
+        dialect_insert(BillingEntry)
+        .values(
             id=billing_id, customer_id=customer_id, batch_id=batch_id, pages=pages, created_at=now
         )
-    )
-    session.flush()  # the primary key is the guard: a concurrent duplicate fails here
+        .on_conflict_do_nothing(index_elements=["id"])
+    ).rowcount  # type: ignore[attr-defined]
+    if not inserted:
+        release_pages(session, customer_id, reserved)
+        return False
     session.execute(
         update(Customer)
         .where(Customer.id == customer_id)

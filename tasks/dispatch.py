@@ -42,11 +42,14 @@ class Dispatcher:
     # redispatch sweep re-publishes and renews long before that.
     admission_lease_seconds: float
 
-    def admit(self, customer_id: str) -> int:
-        """Admit this customer's oldest eligible pending items up to its free slots."""
+    def admit(self, customer_id: str, *, cap: int | None = None) -> int:
+        """Admit this customer's oldest eligible pending items up to its free slots.
+
+        ``cap`` saves a query when the caller already knows the customer's cap."""
         admitted = 0
         with self.session_factory() as session:
-            cap = customer_cap(session, customer_id)
+            if cap is None:
+                cap = customer_cap(session, customer_id)
             # The database, not Redis, has the last word on what is in flight: if Redis lost
             # the slots (a restart), the semaphore alone would admit a second cap's worth.
             free = cap - self._in_flight(session, customer_id)

@@ -35,10 +35,9 @@ from service.clock import utcnow
 from service.context import ServiceContext
 from service.db import transaction
 from service.engine import ocr_config
-from service.models import Batch, File, Item, ItemStatus
-from service.storage import BlobNotFoundError
+from service.models import Batch, Customer, File, Item, ItemStatus
+from service.storage import BlobNotFoundError, BlobTooLargeError
 from service.uploads import result_key
-from tasks.dispatch import customer_cap
 
 log = logging.getLogger("pagelane.items")
 
@@ -56,6 +55,10 @@ class Claim:
     lease_token: str
     options: dict[str, Any]
     cap: int
+    # What the work needs of the file, read with the claim (one round trip fewer per item).
+    blob_key: str
+    filename: str | None
+    sha256_declared: str | None
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def process_item(ctx: ServiceContext, item_id: str) -> str:
                 # The slot is free whatever happened (a lost lease means someone else holds
                 # the item).
                 ctx.dispatcher.semaphore.release(claim.customer_id, [claim.item_id])
-                ctx.dispatcher.admit(claim.customer_id)
+                ctx.dispatcher.admit(claim.customer_id, cap=claim.cap)
         return outcome
 
 
@@ -88,17 +91,28 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
     now = utcnow()
     with transaction(ctx.session_factory) as session:
         row = session.execute(
-            select(Item.batch_id, Item.status, Item.admitted_at).where(Item.id == item_id)
+            select(
+                Item.batch_id,
+                Item.status,
+                Item.admitted_at,
+                Customer.concurrency,
+                File.blob_key,
+                File.filename,
+                File.sha256_declared,
+            )
+            .join(Customer, Customer.id == Item.customer_id)
+            .join(File, File.id == Item.file_id)
+            .where(Item.id == item_id)
         ).first()
         if row is None or row.status != ItemStatus.PENDING or row.admitted_at is None:
             return None
+        cap = int(row.concurrency)
         batch = lifecycle.lock_batch(session, row.batch_id)
         item = session.scalar(
             select(Item).where(Item.id == item_id).execution_options(populate_existing=True)
         )
         if item is None or item.status != ItemStatus.PENDING or item.admitted_at is None:
             return None
-        cap = customer_cap(session, item.customer_id)
         # The admission slot normally still stands and this only renews it; if it lapsed and
         # the customer is at its cap meanwhile, the item goes back to waiting, unclaimed.
         if not semaphore.acquire(
@@ -138,7 +152,16 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
                 retry_at=None,
             )
             claim = Claim(
-                item.id, batch.id, item.customer_id, item.file_id, token, dict(batch.options), cap
+                item.id,
+                batch.id,
+                item.customer_id,
+                item.file_id,
+                token,
+                dict(batch.options),
+                cap,
+                row.blob_key,
+                row.filename,
+                row.sha256_declared,
             )
     # Metrics only once the transaction has committed: a rolled-back claim changed nothing.
     if claim is None:
@@ -152,24 +175,20 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
     settings = ctx.settings
     store = ctx.blob_store
     assert store is not None
-    with ctx.session_factory() as session:
-        file = session.get(File, claim.file_id)
-        assert file is not None
-    info = store.head(file.blob_key)
-    if info is None:
+    # One GET that refuses an oversized object from its length before reading the body: the
+    # HEAD-then-GET of the design, in one round trip.
+    try:
+        data = store.get(claim.blob_key, max_bytes=settings.max_file_bytes)
+    except BlobNotFoundError:
         return _fail(ctx, claim, Failure("upload_missing", "the input is no longer stored"))
-    if info.size > settings.max_file_bytes:
+    except BlobTooLargeError:
         return _fail(
             ctx,
             claim,
             Failure("document_too_large", f"the document exceeds {settings.max_file_bytes} bytes"),
         )
-    try:
-        data = store.get(file.blob_key)
-    except BlobNotFoundError:
-        return _fail(ctx, claim, Failure("upload_missing", "the input is no longer stored"))
     digest = hashlib.sha256(data).hexdigest()
-    if file.sha256_declared and file.sha256_declared != digest:
+    if claim.sha256_declared and claim.sha256_declared != digest:
         return _fail(
             ctx,
             claim,
@@ -200,10 +219,10 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
             result = ocr.extract(
                 data,
                 claim.options,
-                filename=file.filename,
+                filename=claim.filename,
                 config=config,
                 on_page=heartbeat.on_page,
-                file_id=file.id,
+                file_id=claim.file_id,
             )
     except LeaseLostError:
         return "lease_lost"
@@ -219,7 +238,7 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
     store.put(
         key, json.dumps(result, separators=(",", ":")).encode(), content_type="application/json"
     )
-    outcome = _succeed(ctx, claim, key, result["page_count"], result["pages_billed"])
+    outcome = _succeed(ctx, claim, key, result["page_count"], result["pages_billed"], digest)
     if outcome == "succeeded":
         metrics.record_pages(result)
     return outcome
@@ -331,7 +350,9 @@ def _fenced_item(session: Any, claim: Claim) -> Item | None:
     )
 
 
-def _succeed(ctx: ServiceContext, claim: Claim, key: str, page_count: int, pages: int) -> str:
+def _succeed(
+    ctx: ServiceContext, claim: Claim, key: str, page_count: int, pages: int, digest: str
+) -> str:
     now = utcnow()
     with transaction(ctx.session_factory) as session:
         batch = lifecycle.lock_batch(session, claim.batch_id)
@@ -365,6 +386,13 @@ def _succeed(ctx: ServiceContext, claim: Claim, key: str, page_count: int, pages
             result_expires_at=now + timedelta(hours=ctx.settings.retention_hours),
             error_code=None,
             error_message=None,
+        )
+        # SPEC: a file's sha256 is null until known; now it is.
+        session.execute(
+            update(File)
+            .where(File.id == claim.file_id, File.sha256.is_(None))
+            .values(sha256=digest)
+            .execution_options(synchronize_session=False)
         )
     metrics.item_finished("succeeded")
     return "succeeded"

@@ -85,7 +85,8 @@ class ItemLifecycle(RuleBasedStateMachine):
     def succeed(self, data: st.DataObject, pages: int) -> None:
         claimed = self.claims.pop(data.draw(st.integers(0, len(self.claims) - 1)))
         _reserve(self.ctx, claimed, pages)
-        _succeed(self.ctx, claimed, f"{claimed.customer_id}/results/x.json", pages, pages)
+        key = f"{claimed.customer_id}/results/x.json"
+        _succeed(self.ctx, claimed, key, pages, pages, "0" * 64)
 
     @precondition(lambda self: self.claims)
     @rule(data=st.data(), transient=st.booleans())
@@ -116,7 +117,7 @@ class ItemLifecycle(RuleBasedStateMachine):
         """A worker that lost its lease tries to finish: it must change nothing."""
         claimed = data.draw(st.sampled_from(self.stale_claims))
         before = _snapshot(self.ctx, claimed.item_id)
-        outcome = _succeed(self.ctx, claimed, "stale.json", 5, 5)
+        outcome = _succeed(self.ctx, claimed, "stale.json", 5, 5, "0" * 64)
         if before["lease_token"] != claimed.lease_token or before["status"] != "running":
             assert outcome == "lease_lost"
             assert _snapshot(self.ctx, claimed.item_id) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import httpx
@@ -50,6 +51,8 @@ def test_batch_of_real_documents_reaches_terminal_with_results(stack: Stack) -> 
         if status == "failed":
             assert item["error"]["code"] == expectation, (name, item["error"])
             continue
+        file = alice.get(f"/v1/files/{file_ids[name]}").get_json()
+        assert file["sha256"] == hashlib.sha256(corpus_bytes(name)).hexdigest()
         redirect = alice.get(item["result_url"])
         assert redirect.status_code == 302
         result = httpx.get(redirect.headers["Location"], timeout=10).json()
