@@ -14,6 +14,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.wrappers import Response as BaseResponse
 
+import ocr
 from service import batches as lifecycle
 from service import metrics
 from service.api.common import (
@@ -247,8 +248,6 @@ def _file_error(status: int, code: str, message: str, file_ids: list[str]) -> Ap
 
 
 def _check_languages(languages: list[str]) -> None:
-    import ocr
-
     try:
         ocr.validate_languages(languages)
     except ocr.errors.ExtractionError as exc:

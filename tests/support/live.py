@@ -4,7 +4,6 @@ moto's S3 server."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +114,3 @@ def stack(stack_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
 
 def corpus_bytes(name: str) -> bytes:
     return (CORPUS / name).read_bytes()
-
-
-def settle(seconds: float) -> None:
-    time.sleep(seconds)
