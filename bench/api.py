@@ -156,7 +156,7 @@ def run(database_url: str, endpoint_url: str) -> None:
         f"-> {10_000 / recheck_s:,.0f} files/s re-checked (listing, 1,000 keys a call)"
     )
     print(
-        f"    one HEAD per file would take {head_ms * 10:,.0f} ms ({head_ms:.1f} ms a HEAD): "
+        f"    one HEAD per file would take {head_ms * 10:,.1f} s ({head_ms:.1f} ms a HEAD): "
         f"listing is {head_ms * 10_000 / (recheck_s * 1000):.1f}x faster"
     )
     print(f"  GET poll page of 100, 10,000-item batch  median {poll_big_ms:8.2f} ms")
