@@ -15,9 +15,9 @@ from sqlalchemy import select
 from service.app import create_app
 from service.context import ServiceContext
 from service.models import Item
-from service.settings import Settings
+from service.settings import Settings, load_settings
 from tests.api.conftest import Tenant
-from tests.conftest import CORPUS, TEST_BUCKET, build_context, new_customer_key, truncate_all
+from tests.conftest import CORPUS, build_context, new_customer_key
 from tests.support.stack import Proc, start_beat, start_worker, wait_for
 
 TERMINAL = {"completed", "partially_failed", "failed", "cancelled"}
@@ -84,20 +84,17 @@ class Stack:
 
 
 @pytest.fixture
-def stack_settings(
-    make_settings: Any, postgres_url: str, s3_server: Any, flush_redis: None
-) -> Settings:
-    truncate_all(postgres_url)
-    return make_settings(
-        database_url=postgres_url,
-        blob_store="s3",
-        s3_bucket=TEST_BUCKET,
-        s3_endpoint_url=s3_server.endpoint_url,
-        lease_seconds=6,
-        redispatch_after_seconds=8,
-        ocr_retry_backoff_seconds=0.5,
-        task_time_limit_seconds=120,
-        visibility_timeout_seconds=600,
+def stack_settings(pg_s3_settings: Settings, flush_redis: None) -> Settings:
+    """The production shape with short leases and bounds, so recoveries take seconds."""
+    return load_settings(
+        **{
+            **pg_s3_settings.model_dump(),
+            "lease_seconds": 6,
+            "redispatch_after_seconds": 8,
+            "ocr_retry_backoff_seconds": 0.5,
+            "task_time_limit_seconds": 120,
+            "visibility_timeout_seconds": 600,
+        }
     )
 
 
