@@ -12,14 +12,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy import func, select
 
-from service.settings import Settings, SettingsError, load_settings
+# Imports of the service stack (SQLAlchemy, pydantic-settings, Celery) happen inside the
+# commands that need them: the client commands (`pagelane run`, `status`, ...) share this entry
+# point and should start in a fraction of a second.
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 def _settings(**overrides: object) -> Settings:
+    from service.settings import SettingsError, load_settings
+
     try:
         return load_settings(**overrides)
     except SettingsError as exc:
@@ -95,6 +101,8 @@ def keys_create(customer_name: str, quota_pages: int | None, concurrency: int | 
 @click.argument("key_id_or_prefix")
 def keys_revoke(key_id_or_prefix: str) -> None:
     """Revoke a key by its id (key_...) or its visible prefix."""
+    from sqlalchemy import select
+
     from service.clock import utcnow
     from service.db import make_engine, make_session_factory, transaction
     from service.models import ApiKey
@@ -124,6 +132,8 @@ def customers() -> None:
 @customers.command("list")
 def customers_list() -> None:
     """Customers with their quota, usage, concurrency and active keys."""
+    from sqlalchemy import func, select
+
     from service.db import make_engine, make_session_factory
     from service.models import ApiKey, Customer
 
