@@ -35,9 +35,7 @@ def proxied_stack(
         worker_settings, ctx, create_app(stack_settings, context=ctx).test_client(), tmp_path
     )
     yield live, proxy
-    for proc in live.procs:
-        proc.stop()
-    ctx.close()
+    live.close()
     proxy.close()
 
 

@@ -86,6 +86,14 @@ def test_t1_kill_worker_children_repeatedly(stack: Stack, report: Callable[..., 
     total = 40
     batch = tenant.submit(stack.upload_many(tenant, [document() for _ in range(total)])).get_json()
     worker = stack.procs[0]
+
+    def started() -> bool:
+        return any(i.status != ItemStatus.PENDING for i in stack.items(batch["id"]))
+
+    # Kill only once the pool works: Celery gives up on a worker whose first pool cannot
+    # start ("Could not start worker processes") and leaves the restart to the supervisor,
+    # which is not the fault this test is about.
+    wait_for(started, 60, 0.1, "the first item to start")
     kills = 0
     rng = random.Random(1)
     deadline = time.monotonic() + 20
@@ -95,6 +103,7 @@ def test_t1_kill_worker_children_repeatedly(stack: Stack, report: Callable[..., 
         if children:
             os.kill(rng.choice(children), signal.SIGKILL)
             kills += 1
+    assert worker.alive(), "the worker's main process died with its children"
     final = stack.wait_terminal(tenant, batch["id"], timeout=180)
     books = check_books(stack, tenant, batch["id"])
     items = stack.items(batch["id"])

@@ -75,12 +75,19 @@ class Stack:
             body = tenant.get(f"/v1/batches/{batch_id}?limit=1").get_json()
             return body if body["status"] in TERMINAL else None
 
-        try:
-            return wait_for(terminal, timeout, 0.3, f"batch {batch_id} to finish")
-        except AssertionError:
-            for proc in self.procs:
-                print(f"---- {proc.argv[3:5]} log ----\n{proc.log()[-6000:]}")
-            raise
+        return wait_for(terminal, timeout, 0.3, f"batch {batch_id} to finish")
+
+    def close(self) -> None:
+        """Stop every process, then print the tail of its log.
+
+        Printed in teardown, so pytest shows it only when the test failed: a fault test that
+        times out in CI then says what its worker and beat were doing."""
+        for proc in self.procs:
+            proc.stop()
+        for proc in self.procs:
+            print(f"---- {' '.join(proc.argv[3:5])} (pid {proc.pid}) log tail ----")
+            print(proc.log()[-12000:])
+        self.ctx.close()
 
 
 @pytest.fixture
@@ -104,9 +111,7 @@ def stack(stack_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     app = create_app(stack_settings, context=ctx)
     live = Stack(stack_settings, ctx, app.test_client(), tmp_path)
     yield live
-    for proc in live.procs:
-        proc.stop()
-    ctx.close()
+    live.close()
 
 
 def corpus_bytes(name: str) -> bytes:
