@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, Row, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.clock import utcnow
@@ -102,42 +102,133 @@ def change_stamp(now: datetime) -> datetime:
     return max(now, utcnow())
 
 
+def next_batch_status(
+    status: str,
+    *,
+    pending: int,
+    running: int,
+    succeeded: int,
+    failed: int,
+    cancel_requested: bool,
+    started: bool,
+) -> str:
+    """SPEC's batch status rules, applied to the counters."""
+    if status in TERMINAL_BATCH_STATUSES:
+        return status
+    if pending == 0 and running == 0:
+        if succeeded > 0:
+            return BatchStatus.PARTIALLY_FAILED if failed > 0 else BatchStatus.COMPLETED
+        return BatchStatus.CANCELLED if cancel_requested else BatchStatus.FAILED
+    return BatchStatus.RUNNING if started else status
+
+
 def refresh_batch_status(batch: Batch, now: datetime) -> None:
-    """Apply SPEC's batch status rules to the counters."""
-    if batch.status in TERMINAL_BATCH_STATUSES:
-        return
-    if batch.count_pending == 0 and batch.count_running == 0:
-        if batch.count_succeeded > 0:
-            batch.status = (
-                BatchStatus.PARTIALLY_FAILED if batch.count_failed > 0 else BatchStatus.COMPLETED
-            )
-        elif batch.cancel_requested_at is not None:
-            batch.status = BatchStatus.CANCELLED
-        else:
-            batch.status = BatchStatus.FAILED
-        batch.completed_at = now
-    elif batch.started_at is not None:
-        batch.status = BatchStatus.RUNNING
+    """Apply :func:`next_batch_status` to a loaded (and locked) batch."""
+    status = next_batch_status(
+        batch.status,
+        pending=batch.count_pending,
+        running=batch.count_running,
+        succeeded=batch.count_succeeded,
+        failed=batch.count_failed,
+        cancel_requested=batch.cancel_requested_at is not None,
+        started=batch.started_at is not None,
+    )
+    if status != batch.status:
+        batch.status = status
+        if status in TERMINAL_BATCH_STATUSES:
+            batch.completed_at = now
+
+
+class ItemNotMovedError(Exception):
+    """The item was not in the state the move required (cancelled, taken, lease lost).
+
+    Raised inside the caller's transaction, which rolls back the counters already changed."""
+
+
+_BATCH_AFTER_MOVE = (
+    Batch.change_seq,
+    Batch.status,
+    Batch.count_pending,
+    Batch.count_running,
+    Batch.count_succeeded,
+    Batch.count_failed,
+    Batch.cancel_requested_at,
+    Batch.started_at,
+    Batch.options,
+)
 
 
 def move_item(
-    session: Session, batch: Batch, item: Item, new_status: ItemStatus, now: datetime, **fields: Any
-) -> None:
-    """One item's transition, with its counters; the caller holds the batch lock."""
-    stamp = change_stamp(now)
-    old_status = ItemStatus(item.status)
-    if old_status != new_status:
-        setattr(batch, _COUNT_COLUMN[old_status], getattr(batch, _COUNT_COLUMN[old_status]) - 1)
-        setattr(batch, _COUNT_COLUMN[new_status], getattr(batch, _COUNT_COLUMN[new_status]) + 1)
-        item.status = new_status
-    if new_status == ItemStatus.RUNNING and batch.started_at is None:
-        batch.started_at = now
-    for name, value in fields.items():
-        setattr(item, name, value)
-    batch.change_seq += 1
-    item.change_seq = batch.change_seq
-    item.updated_at = stamp
-    refresh_batch_status(batch, now)
+    session: Session,
+    *,
+    batch_id: str,
+    item_id: str,
+    from_status: ItemStatus,
+    to_status: ItemStatus,
+    now: datetime,
+    where: Sequence[ColumnElement[bool]] = (),
+    returning: Sequence[Any] = (),
+    pages_billed: int = 0,
+    **values: Any,
+) -> tuple[Row[Any], Row[Any]]:
+    """One item's transition with its counters: (batch row after the move, item ``returning``).
+
+    The hot path of every worker, so it is three Core statements rather than ORM loads:
+    1. UPDATE the batch's counters and change number, RETURNING them: the first statement
+       takes the batch row lock, as every change to an item must (module docstring);
+    2. UPDATE the item only if it is still ``from_status`` (and ``where``: a lease token, an
+       admission), with the change number taken under the lock; no row raises
+       :class:`ItemNotMovedError` so the caller's transaction rolls 1 back;
+    3. only when SPEC's status rules say so, UPDATE the batch's status (once or twice a batch).
+    ``values`` may be SQL expressions over the item's columns (``attempts=Item.attempts + 1``).
+    """
+    counters: dict[str, Any] = {"change_seq": Batch.change_seq + 1}
+    if from_status != to_status:
+        old, new = _COUNT_COLUMN[from_status], _COUNT_COLUMN[to_status]
+        counters[old] = getattr(Batch, old) - 1
+        counters[new] = getattr(Batch, new) + 1
+    if to_status == ItemStatus.RUNNING:
+        counters["started_at"] = func.coalesce(Batch.started_at, now)
+    if pages_billed:
+        counters["pages_billed"] = Batch.pages_billed + pages_billed
+    batch = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(**counters)
+        .returning(*_BATCH_AFTER_MOVE)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if batch is None:
+        raise LookupError(batch_id)
+    item = session.execute(
+        update(Item)
+        .where(Item.id == item_id, Item.status == from_status, *where)
+        .values(
+            status=to_status, change_seq=batch.change_seq, updated_at=change_stamp(now), **values
+        )
+        .returning(Item.id, *returning)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if item is None:
+        raise ItemNotMovedError(item_id)
+    status = next_batch_status(
+        batch.status,
+        pending=batch.count_pending,
+        running=batch.count_running,
+        succeeded=batch.count_succeeded,
+        failed=batch.count_failed,
+        cancel_requested=batch.cancel_requested_at is not None,
+        started=batch.started_at is not None,
+    )
+    if status != batch.status:
+        terminal = {"completed_at": now} if status in TERMINAL_BATCH_STATUSES else {}
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(status=status, **terminal)
+            .execution_options(synchronize_session=False)
+        )
+    return batch, item
 
 
 def move_items_in_bulk(

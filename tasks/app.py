@@ -55,13 +55,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # On connection loss the unacknowledged message will come back; stop working on it
         # instead of finishing a task whose message a second worker may already hold.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # pdfium, Pillow and tesseract buffers grow; recycle children before they bloat.
-        "worker_max_tasks_per_child": 200,
+        # pdfium, Pillow and tesseract buffers grow: a child is recycled once it holds 1 GB.
+        # The task count is only a backstop; a new child costs ~0.3 s (its S3 client, pools),
+        # which every 200 one-page items was 1.5 ms an item (bench/throughput.py).
+        "worker_max_tasks_per_child": 2000,
         "worker_max_memory_per_child": 1_000_000,  # KiB
         "task_default_queue": QUEUE_ITEMS,
         "task_routes": {"pagelane.sweep.*": {"queue": QUEUE_SWEEPS}},
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost four Redis publishes an item. Flower switches them on in every
+        # worker while it watches (its --enable-events default, re-sent periodically), so
+        # the fleet pays for them only when someone is looking.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "timezone": "UTC",
         "beat_schedule": beat_schedule(settings),
     }

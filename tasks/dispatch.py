@@ -19,6 +19,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.clock import utcnow
+from service.db import transaction
 from service.models import Customer, Item, ItemStatus
 from tasks.semaphore import CustomerSemaphore
 
@@ -46,8 +47,7 @@ class Dispatcher:
         """Admit this customer's oldest eligible pending items up to its free slots.
 
         ``cap`` saves a query when the caller already knows the customer's cap."""
-        admitted = 0
-        with self.session_factory() as session:
+        with transaction(self.session_factory) as session:
             if cap is None:
                 cap = customer_cap(session, customer_id)
             # The database, not Redis, has the last word on what is in flight: if Redis lost
@@ -55,11 +55,12 @@ class Dispatcher:
             free = cap - self._in_flight(session, customer_id)
             if free <= 0:
                 return 0
-            candidates = self._candidates(session, customer_id, free)
-        if not candidates:
+            marked = self._mark_oldest_admitted(session, customer_id, free)
+        if not marked:
             return 0
+        admitted: list[str] = []
         pruned = False
-        for item_id in candidates:
+        for item_id in marked:
             if not self.semaphore.acquire(
                 customer_id, item_id, cap=cap, lease_seconds=self.admission_lease_seconds
             ):
@@ -72,12 +73,12 @@ class Dispatcher:
                     customer_id, item_id, cap=cap, lease_seconds=self.admission_lease_seconds
                 ):
                     break
-            if self._mark_admitted(item_id):
-                self.publish(item_id)
-                admitted += 1
-            else:  # cancelled or taken meanwhile
-                self.semaphore.release(customer_id, [item_id])
-        return admitted
+            admitted.append(item_id)
+        if len(admitted) < len(marked):
+            self._unmark(marked[len(admitted) :])
+        for item_id in admitted:
+            self.publish(item_id)
+        return len(admitted)
 
     def admit_all(self) -> int:
         """Round-robin over every customer with eligible pending items (the beat backstop)."""
@@ -133,35 +134,48 @@ class Dispatcher:
             or 0
         )
 
-    def _candidates(self, session: Session, customer_id: str, limit: int) -> list[str]:
-        now = utcnow()
-        return list(
-            session.scalars(
-                select(Item.id)
-                .where(
-                    Item.customer_id == customer_id,
-                    Item.status == ItemStatus.PENDING,
-                    Item.admitted_at.is_(None),
-                    or_(Item.retry_at.is_(None), Item.retry_at <= now),
-                )
-                # Batch ids start with their creation time: oldest batch first, then position.
-                .order_by(Item.batch_id, Item.position)
-                .limit(limit)
-            )
-        )
+    @staticmethod
+    def _mark_oldest_admitted(session: Session, customer_id: str, limit: int) -> list[str]:
+        """Mark this customer's ``limit`` oldest eligible pending items admitted, in one
+        statement; their ids in admission order.
 
-    def _mark_admitted(self, item_id: str) -> bool:
-        # Admission is not a visible state change (the item stays `pending`), so it does not
-        # take the batch lock or a change number; it is a conditional update on its own.
-        with self.session_factory() as session, session.begin():
-            result = session.execute(
+        Admission is not a visible state change (the item stays `pending`), so it takes no
+        batch lock or change number. Two dispatchers at once skip each other's rows on
+        Postgres (SKIP LOCKED); SQLite has one writer anyway.
+        """
+        now = utcnow()
+        oldest = (
+            select(Item.id)
+            .where(
+                Item.customer_id == customer_id,
+                Item.status == ItemStatus.PENDING,
+                Item.admitted_at.is_(None),
+                or_(Item.retry_at.is_(None), Item.retry_at <= now),
+            )
+            # Batch ids start with their creation time: oldest batch first, then position.
+            .order_by(Item.batch_id, Item.position)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        rows = session.execute(
+            update(Item)
+            .where(
+                Item.id.in_(oldest.scalar_subquery()),
+                Item.status == ItemStatus.PENDING,
+                Item.admitted_at.is_(None),
+            )
+            .values(admitted_at=now)
+            .returning(Item.id, Item.batch_id, Item.position)
+            .execution_options(synchronize_session=False)
+        ).all()
+        return [row.id for row in sorted(rows, key=lambda row: (row.batch_id, row.position))]
+
+    def _unmark(self, item_ids: list[str]) -> None:
+        """Give back admissions that found no slot: they wait for the next free one."""
+        with transaction(self.session_factory) as session:
+            session.execute(
                 update(Item)
-                .where(
-                    Item.id == item_id,
-                    Item.status == ItemStatus.PENDING,
-                    Item.admitted_at.is_(None),
-                )
-                .values(admitted_at=utcnow())
+                .where(Item.id.in_(item_ids), Item.status == ItemStatus.PENDING)
+                .values(admitted_at=None)
                 .execution_options(synchronize_session=False)
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]

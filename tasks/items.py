@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, func, select, update
 
 import ocr
 from service import batches as lifecycle
@@ -55,10 +55,16 @@ class Claim:
     lease_token: str
     options: dict[str, Any]
     cap: int
+    # A customer with a page quota has pages reserved before extraction; without one there
+    # is nothing to reserve against, and the pages are only counted when billed.
+    metered: bool
     # What the work needs of the file, read with the claim (one round trip fewer per item).
     blob_key: str
     filename: str | None
     sha256_declared: str | None
+    sha256_known: bool
+    # Only this worker changes it while it holds the lease.
+    ocr_failures: int
 
 
 @dataclass(frozen=True)
@@ -89,16 +95,23 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
     settings = ctx.settings
     semaphore = ctx.dispatcher.semaphore
     now = utcnow()
+    failed_at_cap = False
     with transaction(ctx.session_factory) as session:
         row = session.execute(
             select(
                 Item.batch_id,
+                Item.customer_id,
+                Item.file_id,
                 Item.status,
                 Item.admitted_at,
+                Item.attempts,
+                Item.ocr_failures,
                 Customer.concurrency,
+                Customer.page_quota,
                 File.blob_key,
                 File.filename,
                 File.sha256_declared,
+                File.sha256,
             )
             .join(Customer, Customer.id == Item.customer_id)
             .join(File, File.id == Item.file_id)
@@ -107,68 +120,79 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
         if row is None or row.status != ItemStatus.PENDING or row.admitted_at is None:
             return None
         cap = int(row.concurrency)
-        batch = lifecycle.lock_batch(session, row.batch_id)
-        item = session.scalar(
-            select(Item).where(Item.id == item_id).execution_options(populate_existing=True)
-        )
-        if item is None or item.status != ItemStatus.PENDING or item.admitted_at is None:
-            return None
         # The admission slot normally still stands and this only renews it; if it lapsed and
         # the customer is at its cap meanwhile, the item goes back to waiting, unclaimed.
+        # Idempotent, so it runs before the batch lock rather than while holding it.
         if not semaphore.acquire(
-            item.customer_id, item.id, cap=cap, lease_seconds=settings.lease_seconds
+            row.customer_id, item_id, cap=cap, lease_seconds=settings.lease_seconds
         ):
-            item.admitted_at = None
+            session.execute(
+                update(Item)
+                .where(Item.id == item_id, Item.status == ItemStatus.PENDING)
+                .values(admitted_at=None)
+                .execution_options(synchronize_session=False)
+            )
             return None
-        admitted_at = item.admitted_at
-        claim: Claim | None = None
-        if item.attempts - item.ocr_failures >= settings.max_attempts:
-            lifecycle.move_item(
-                session,
-                batch,
-                item,
-                ItemStatus.FAILED,
-                now,
-                completed_at=now,
-                admitted_at=None,
-                lease_token=None,
-                lease_expires_at=None,
-                error_code="internal_error",
-                error_message=f"gave up after {item.attempts} attempts; safe to resubmit",
-            )
-            semaphore.release(item.customer_id, [item.id])
-        else:
-            token = secrets.token_hex(16)
-            lifecycle.move_item(
-                session,
-                batch,
-                item,
-                ItemStatus.RUNNING,
-                now,
-                attempts=item.attempts + 1,
-                lease_token=token,
-                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-                started_at=item.started_at or now,
-                retry_at=None,
-            )
-            claim = Claim(
-                item.id,
-                batch.id,
-                item.customer_id,
-                item.file_id,
-                token,
-                dict(batch.options),
-                cap,
-                row.blob_key,
-                row.filename,
-                row.sha256_declared,
-            )
-    # Metrics only once the transaction has committed: a rolled-back claim changed nothing.
-    if claim is None:
+        # Still pending and admitted when the batch is locked, or nothing happens (cancelled
+        # or claimed by a duplicate message meanwhile).
+        still_admitted = (Item.admitted_at.is_not(None),)
+        token = secrets.token_hex(16)
+        try:
+            if row.attempts - row.ocr_failures >= settings.max_attempts:
+                lifecycle.move_item(
+                    session,
+                    batch_id=row.batch_id,
+                    item_id=item_id,
+                    from_status=ItemStatus.PENDING,
+                    to_status=ItemStatus.FAILED,
+                    now=now,
+                    where=still_admitted,
+                    completed_at=now,
+                    admitted_at=None,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    error_code="internal_error",
+                    error_message=f"gave up after {row.attempts} attempts; safe to resubmit",
+                )
+                failed_at_cap = True
+            else:
+                batch, _ = lifecycle.move_item(
+                    session,
+                    batch_id=row.batch_id,
+                    item_id=item_id,
+                    from_status=ItemStatus.PENDING,
+                    to_status=ItemStatus.RUNNING,
+                    now=now,
+                    where=still_admitted,
+                    attempts=Item.attempts + 1,
+                    lease_token=token,
+                    lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+                    started_at=func.coalesce(Item.started_at, now),
+                    retry_at=None,
+                )
+        except lifecycle.ItemNotMovedError:
+            return None
+    if failed_at_cap:
+        semaphore.release(row.customer_id, [item_id])
         metrics.item_finished("failed", "internal_error")
-    else:
-        metrics.observe_queue_wait(admitted_at, now)
-    return claim
+        return None
+    # Metrics only once the transaction has committed: a rolled-back claim changed nothing.
+    metrics.observe_queue_wait(row.admitted_at, now)
+    return Claim(
+        item_id=item_id,
+        batch_id=row.batch_id,
+        customer_id=row.customer_id,
+        file_id=row.file_id,
+        lease_token=token,
+        options=dict(batch.options),
+        cap=cap,
+        metered=row.page_quota is not None,
+        blob_key=row.blob_key,
+        filename=row.filename,
+        sha256_declared=row.sha256_declared,
+        sha256_known=row.sha256 is not None,
+        ocr_failures=row.ocr_failures,
+    )
 
 
 def _work(ctx: ServiceContext, claim: Claim) -> str:
@@ -201,17 +225,14 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
     except ocr.errors.ExtractionError as exc:
         return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient))
 
-    with transaction(ctx.session_factory) as session:
-        reserved = reserve_pages(session, claim.customer_id, pages)
-        if reserved:
-            item = _fenced_item(session, claim)
-            if item is None:
-                release_pages(session, claim.customer_id, pages)
-                return "lease_lost"
-            item.pages_reserved = pages
-            item.page_count = pages
-    if not reserved:
-        return _fail_for_quota(ctx, claim)
+    reserved = 0
+    if claim.metered:
+        held = _reserve(ctx, claim, pages)
+        if held == "quota":
+            return _fail_for_quota(ctx, claim)
+        if held == "lease_lost":
+            return held
+        reserved = pages
 
     started = time.perf_counter()
     try:
@@ -227,10 +248,11 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
     except LeaseLostError:
         return "lease_lost"
     except ocr.errors.ExtractionError as exc:
-        return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient))
+        return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient), reserved)
     except Exception:
         log.exception("extraction crashed", extra={"item_id": claim.item_id})
-        return _fail(ctx, claim, Failure("internal_error", "unexpected error; safe to resubmit"))
+        failure = Failure("internal_error", "unexpected error; safe to resubmit")
+        return _fail(ctx, claim, failure, reserved)
     finally:
         metrics.observe_extraction(time.perf_counter() - started)
 
@@ -238,7 +260,9 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
     store.put(
         key, json.dumps(result, separators=(",", ":")).encode(), content_type="application/json"
     )
-    outcome = _succeed(ctx, claim, key, result["page_count"], result["pages_billed"], digest)
+    outcome = _succeed(
+        ctx, claim, key, result["page_count"], result["pages_billed"], reserved, digest
+    )
     if outcome == "succeeded":
         metrics.record_pages(result)
     return outcome
@@ -258,6 +282,7 @@ class Heartbeat:
         self._claim = claim
         self._interval = max(0.5, ctx.settings.lease_seconds / 4)
         self._pages_done = 0
+        self._page_count: int | None = None
         self._published = 0
         self._lost = threading.Event()
         self._stop = threading.Event()
@@ -278,6 +303,7 @@ class Heartbeat:
         self._thread.join()
 
     def on_page(self, pages_done: int, page_count: int) -> None:
+        self._page_count = page_count
         self._pages_done = pages_done
         if self._lost.is_set():
             raise LeaseLostError(self._claim.item_id)
@@ -305,7 +331,7 @@ class Heartbeat:
                     .where(
                         Item.id == self._claim.item_id,
                         Item.status == ItemStatus.RUNNING,
-                        Item.lease_token == self._claim.lease_token,
+                        *_fence(self._claim),
                     )
                     .values(lease_expires_at=expires)
                     .execution_options(synchronize_session=False)
@@ -313,19 +339,21 @@ class Heartbeat:
                 if not renewed:
                     raise LeaseLostError(self._claim.item_id)
             else:
-                batch = lifecycle.lock_batch(session, self._claim.batch_id)
-                item = _fenced_item(session, self._claim)
-                if item is None:
-                    raise LeaseLostError(self._claim.item_id)
-                lifecycle.move_item(
-                    session,
-                    batch,
-                    item,
-                    ItemStatus.RUNNING,
-                    now,
-                    pages_done=pages_done,
-                    lease_expires_at=expires,
-                )
+                try:
+                    lifecycle.move_item(
+                        session,
+                        batch_id=self._claim.batch_id,
+                        item_id=self._claim.item_id,
+                        from_status=ItemStatus.RUNNING,
+                        to_status=ItemStatus.RUNNING,
+                        now=now,
+                        where=_fence(self._claim),
+                        pages_done=pages_done,
+                        page_count=self._page_count,
+                        lease_expires_at=expires,
+                    )
+                except lifecycle.ItemNotMovedError as exc:
+                    raise LeaseLostError(self._claim.item_id) from exc
                 self._published = pages_done
         # acquire, not renew: it extends our slot and, if Redis lost it (a restart), takes
         # it back, so the semaphore again reflects what runs.
@@ -337,117 +365,147 @@ class Heartbeat:
         )
 
 
-def _fenced_item(session: Any, claim: Claim) -> Item | None:
-    """Our item, only while we still hold its lease."""
-    return session.scalar(
-        select(Item)
-        .where(
-            Item.id == claim.item_id,
-            Item.status == ItemStatus.RUNNING,
-            Item.lease_token == claim.lease_token,
-        )
-        .execution_options(populate_existing=True)
-    )
+def _fence(claim: Claim) -> tuple[ColumnElement[bool]]:
+    """The condition under which the item is still ours: our lease token (with ``running``)."""
+    return (Item.lease_token == claim.lease_token,)
+
+
+def _reserve(ctx: ServiceContext, claim: Claim, pages: int) -> str:
+    """Hold the document's pages against the customer's quota: "reserved", "quota" (it cannot
+    cover them) or "lease_lost"."""
+    with transaction(ctx.session_factory) as session:
+        if not reserve_pages(session, claim.customer_id, pages):
+            return "quota"
+        held = session.execute(
+            update(Item)
+            .where(Item.id == claim.item_id, Item.status == ItemStatus.RUNNING, *_fence(claim))
+            .values(pages_reserved=pages, page_count=pages)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if not held:
+            release_pages(session, claim.customer_id, pages)
+            return "lease_lost"
+    return "reserved"
 
 
 def _succeed(
-    ctx: ServiceContext, claim: Claim, key: str, page_count: int, pages: int, digest: str
+    ctx: ServiceContext,
+    claim: Claim,
+    key: str,
+    page_count: int,
+    pages: int,
+    reserved: int,
+    digest: str,
 ) -> str:
     now = utcnow()
-    with transaction(ctx.session_factory) as session:
-        batch = lifecycle.lock_batch(session, claim.batch_id)
-        item = _fenced_item(session, claim)
-        if item is None:
-            return "lease_lost"
-        if settle_pages(
-            session,
-            billing_id=item.id,
-            customer_id=claim.customer_id,
-            batch_id=batch.id,
-            reserved=item.pages_reserved,
-            pages=pages,
-            now=now,
-        ):
-            batch.pages_billed += pages
-        lifecycle.move_item(
-            session,
-            batch,
-            item,
-            ItemStatus.SUCCEEDED,
-            now,
-            page_count=page_count,
-            pages_done=page_count,
-            pages_reserved=0,
-            completed_at=now,
-            lease_token=None,
-            lease_expires_at=None,
-            admitted_at=None,
-            result_key=key,
-            result_expires_at=now + timedelta(hours=ctx.settings.retention_hours),
-            error_code=None,
-            error_message=None,
-        )
-        # SPEC: a file's sha256 is null until known; now it is.
-        session.execute(
-            update(File)
-            .where(File.id == claim.file_id, File.sha256.is_(None))
-            .values(sha256=digest)
-            .execution_options(synchronize_session=False)
-        )
+    try:
+        with transaction(ctx.session_factory) as session:
+            lifecycle.move_item(
+                session,
+                batch_id=claim.batch_id,
+                item_id=claim.item_id,
+                from_status=ItemStatus.RUNNING,
+                to_status=ItemStatus.SUCCEEDED,
+                now=now,
+                where=_fence(claim),
+                pages_billed=pages,
+                page_count=page_count,
+                pages_done=page_count,
+                pages_reserved=0,
+                completed_at=now,
+                lease_token=None,
+                lease_expires_at=None,
+                admitted_at=None,
+                result_key=key,
+                result_expires_at=now + timedelta(hours=ctx.settings.retention_hours),
+                error_code=None,
+                error_message=None,
+            )
+            if not settle_pages(
+                session,
+                billing_id=claim.item_id,
+                customer_id=claim.customer_id,
+                batch_id=claim.batch_id,
+                reserved=reserved,
+                pages=pages,
+                now=now,
+            ):
+                # Billed before (impossible while the lease fences the finish, kept exact
+                # anyway): the batch's pages_billed stays the sum of its billing rows.
+                session.execute(
+                    update(Batch)
+                    .where(Batch.id == claim.batch_id)
+                    .values(pages_billed=Batch.pages_billed - pages)
+                    .execution_options(synchronize_session=False)
+                )
+            if not claim.sha256_known:
+                # SPEC: a file's sha256 is null until known; now it is.
+                session.execute(
+                    update(File)
+                    .where(File.id == claim.file_id, File.sha256.is_(None))
+                    .values(sha256=digest)
+                    .execution_options(synchronize_session=False)
+                )
+    except lifecycle.ItemNotMovedError:
+        return "lease_lost"
     metrics.item_finished("succeeded")
     return "succeeded"
 
 
-def _fail(ctx: ServiceContext, claim: Claim, failure: Failure) -> str:
+def _fail(ctx: ServiceContext, claim: Claim, failure: Failure, reserved: int = 0) -> str:
+    """The item failed (``reserved`` pages go back to the quota), or waits for an OCR retry."""
     settings = ctx.settings
     now = utcnow()
-    with transaction(ctx.session_factory) as session:
-        batch = lifecycle.lock_batch(session, claim.batch_id)
-        item = _fenced_item(session, claim)
-        if item is None:
-            return "lease_lost"
-        release_pages(session, claim.customer_id, item.pages_reserved)
-        if failure.transient and item.ocr_failures < settings.ocr_retries:
-            # Back to waiting with the slot given up; the dispatcher re-admits it once
-            # retry_at passes. Exponential backoff with full jitter.
-            delay = settings.ocr_retry_backoff_seconds * (2**item.ocr_failures)
-            delay = delay / 2 + random.uniform(0, delay / 2)
-            lifecycle.move_item(
-                session,
-                batch,
-                item,
-                ItemStatus.PENDING,
-                now,
-                ocr_failures=item.ocr_failures + 1,
-                pages_reserved=0,
-                lease_token=None,
-                lease_expires_at=None,
-                admitted_at=None,
-                retry_at=now + timedelta(seconds=delay),
-            )
-            return "retrying"
-        if failure.transient:
-            failure = Failure(
-                failure.code, f"{failure.message} (after {settings.ocr_retries} retries)"
-            )
-            ocr_failures = item.ocr_failures + 1
-        else:
-            ocr_failures = item.ocr_failures
-        lifecycle.move_item(
-            session,
-            batch,
-            item,
-            ItemStatus.FAILED,
-            now,
-            pages_reserved=0,
-            completed_at=now,
-            ocr_failures=ocr_failures,
-            lease_token=None,
-            lease_expires_at=None,
-            admitted_at=None,
-            error_code=failure.code,
-            error_message=failure.message,
-        )
+    common: dict[str, Any] = {
+        "pages_reserved": 0,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "admitted_at": None,
+    }
+    retry = failure.transient and claim.ocr_failures < settings.ocr_retries
+    try:
+        with transaction(ctx.session_factory) as session:
+            if retry:
+                # Back to waiting with the slot given up; the dispatcher re-admits it once
+                # retry_at passes. Exponential backoff with full jitter.
+                delay = settings.ocr_retry_backoff_seconds * (2**claim.ocr_failures)
+                delay = delay / 2 + random.uniform(0, delay / 2)
+                lifecycle.move_item(
+                    session,
+                    batch_id=claim.batch_id,
+                    item_id=claim.item_id,
+                    from_status=ItemStatus.RUNNING,
+                    to_status=ItemStatus.PENDING,
+                    now=now,
+                    where=_fence(claim),
+                    ocr_failures=Item.ocr_failures + 1,
+                    retry_at=now + timedelta(seconds=delay),
+                    **common,
+                )
+            else:
+                if failure.transient:
+                    failure = Failure(
+                        failure.code, f"{failure.message} (after {settings.ocr_retries} retries)"
+                    )
+                lifecycle.move_item(
+                    session,
+                    batch_id=claim.batch_id,
+                    item_id=claim.item_id,
+                    from_status=ItemStatus.RUNNING,
+                    to_status=ItemStatus.FAILED,
+                    now=now,
+                    where=_fence(claim),
+                    completed_at=now,
+                    ocr_failures=Item.ocr_failures + int(failure.transient),
+                    error_code=failure.code,
+                    error_message=failure.message,
+                    **common,
+                )
+            release_pages(session, claim.customer_id, reserved)
+    except lifecycle.ItemNotMovedError:
+        return "lease_lost"
+    if retry:
+        return "retrying"
     metrics.item_finished("failed", failure.code)
     return f"failed:{failure.code}"
 

@@ -37,45 +37,48 @@ def requeue_stale_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
             .where(Item.status == ItemStatus.RUNNING, Item.lease_expires_at < now)
             .limit(BATCH_SIZE)
         ).all()
+    released: dict[str, Any] = {
+        "pages_reserved": 0,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "admitted_at": None,
+    }
     touched_customers: set[str] = set()
     for item_id, batch_id in stale:
+        expired = (Item.lease_expires_at < now,)
         with transaction(ctx.session_factory) as session:
-            batch = lifecycle.lock_batch(session, batch_id)
-            item = session.scalar(
-                select(Item)
-                .where(
-                    Item.id == item_id,
-                    Item.status == ItemStatus.RUNNING,
-                    Item.lease_expires_at < now,
-                )
-                .execution_options(populate_existing=True)
-            )
+            # Read under the batch lock: a renewal or finish meanwhile wins, so does another
+            # sweep, and the reservation released is the one the item holds as it moves.
+            lifecycle.lock_batch(session, batch_id)
+            item = session.execute(
+                select(Item.customer_id, Item.attempts, Item.ocr_failures, Item.pages_reserved)
+                .where(Item.id == item_id, Item.status == ItemStatus.RUNNING, *expired)
+            ).first()
             if item is None:
-                continue  # finished or renewed meanwhile, or another sweep took it
-            release_pages(session, item.customer_id, item.pages_reserved)
-            common = {
-                "pages_reserved": 0,
-                "lease_token": None,
-                "lease_expires_at": None,
-                "admitted_at": None,
+                continue
+            move = {
+                "batch_id": batch_id,
+                "item_id": item_id,
+                "from_status": ItemStatus.RUNNING,
+                "now": now,
+                "where": expired,
+                **released,
             }
             if item.attempts - item.ocr_failures >= settings.max_attempts:
                 lifecycle.move_item(
                     session,
-                    batch,
-                    item,
-                    ItemStatus.FAILED,
-                    now,
-                    **common,
+                    to_status=ItemStatus.FAILED,
                     completed_at=now,
                     error_code="internal_error",
                     error_message=f"the worker was lost {item.attempts} times; safe to resubmit",
+                    **move,
                 )
                 counts["failed"] += 1
             else:
-                lifecycle.move_item(session, batch, item, ItemStatus.PENDING, now, **common)
+                lifecycle.move_item(session, to_status=ItemStatus.PENDING, **move)
                 counts["requeued"] += 1
-            touched_customers.add(item.customer_id)
+            release_pages(session, item.customer_id, item.pages_reserved)
+        touched_customers.add(item.customer_id)
     for customer_id in touched_customers:
         ctx.dispatcher.prune_holders(customer_id)
         ctx.dispatcher.admit(customer_id)

@@ -25,12 +25,19 @@ def finish(ctx: ServiceContext, item_id: str, status: ItemStatus, **fields: Any)
     """Move an item the way a worker would (under the batch lock), without a worker."""
     now = utcnow()
     with transaction(ctx.session_factory) as session:
-        batch_id = session.scalar(select(Item.batch_id).where(Item.id == item_id))
-        batch = lifecycle.lock_batch(session, batch_id)
-        item = session.get(Item, item_id, populate_existing=True)
-        assert item is not None
+        batch_id, old_status = session.execute(
+            select(Item.batch_id, Item.status).where(Item.id == item_id)
+        ).one()
         extra = {"completed_at": now} if status in (ItemStatus.SUCCEEDED, ItemStatus.FAILED) else {}
-        lifecycle.move_item(session, batch, item, status, now, **{**extra, **fields})
+        lifecycle.move_item(
+            session,
+            batch_id=batch_id,
+            item_id=item_id,
+            from_status=ItemStatus(old_status),
+            to_status=status,
+            now=now,
+            **{**extra, **fields},
+        )
 
 
 def succeed_with_result(ctx: ServiceContext, tenant: Tenant, batch_id: str, item_id: str) -> dict:

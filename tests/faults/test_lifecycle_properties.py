@@ -28,7 +28,7 @@ from service.db import transaction
 from service.models import Batch, BillingEntry, Customer, Item, ItemStatus
 from service.settings import Settings
 from tasks import sweeps
-from tasks.items import Claim, Failure, _fail, _succeed, claim_item
+from tasks.items import Claim, Failure, _fail, _reserve, _succeed, claim_item
 from tests.api.conftest import PDF_BYTES, Tenant
 from tests.conftest import build_context, new_customer_key, truncate_all
 
@@ -84,17 +84,17 @@ class ItemLifecycle(RuleBasedStateMachine):
     @rule(data=st.data(), pages=st.integers(1, 9))
     def succeed(self, data: st.DataObject, pages: int) -> None:
         claimed = self.claims.pop(data.draw(st.integers(0, len(self.claims) - 1)))
-        _reserve(self.ctx, claimed, pages)
+        reserved = _reserved(self.ctx, claimed, pages)
         key = f"{claimed.customer_id}/results/x.json"
-        _succeed(self.ctx, claimed, key, pages, pages, "0" * 64)
+        _succeed(self.ctx, claimed, key, pages, pages, reserved, "0" * 64)
 
     @precondition(lambda self: self.claims)
     @rule(data=st.data(), transient=st.booleans())
     def fail(self, data: st.DataObject, transient: bool) -> None:
         claimed = self.claims.pop(data.draw(st.integers(0, len(self.claims) - 1)))
-        _reserve(self.ctx, claimed, 2)
+        reserved = _reserved(self.ctx, claimed, 2)
         code = "ocr_provider_error" if transient else "extraction_failed"
-        _fail(self.ctx, claimed, Failure(code, "injected", transient))
+        _fail(self.ctx, claimed, Failure(code, "injected", transient), reserved)
 
     @precondition(lambda self: self.batches)
     @rule(data=st.data())
@@ -117,7 +117,7 @@ class ItemLifecycle(RuleBasedStateMachine):
         """A worker that lost its lease tries to finish: it must change nothing."""
         claimed = data.draw(st.sampled_from(self.stale_claims))
         before = _snapshot(self.ctx, claimed.item_id)
-        outcome = _succeed(self.ctx, claimed, "stale.json", 5, 5, "0" * 64)
+        outcome = _succeed(self.ctx, claimed, "stale.json", 5, 5, 5, "0" * 64)
         if before["lease_token"] != claimed.lease_token or before["status"] != "running":
             assert outcome == "lease_lost"
             assert _snapshot(self.ctx, claimed.item_id) == before
@@ -157,16 +157,9 @@ class ItemLifecycle(RuleBasedStateMachine):
             assert len(set(seqs)) == len(seqs) and max(seqs) <= batch.change_seq
 
 
-def _reserve(ctx: ServiceContext, claimed: Claim, pages: int) -> None:
-    """What the worker does between claim and extraction: reserve the pages if it can."""
-    from service.billing import reserve_pages
-
-    with transaction(ctx.session_factory) as session:
-        item = session.get(Item, claimed.item_id)
-        if item is None or item.lease_token != claimed.lease_token:
-            return
-        if reserve_pages(session, claimed.customer_id, pages):
-            item.pages_reserved = pages
+def _reserved(ctx: ServiceContext, claimed: Claim, pages: int) -> int:
+    """What the worker does between claim and extraction: the pages it holds afterwards."""
+    return pages if _reserve(ctx, claimed, pages) == "reserved" else 0
 
 
 def _snapshot(ctx: ServiceContext, item_id: str) -> dict[str, Any]:
