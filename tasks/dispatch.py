@@ -156,11 +156,15 @@ class Dispatcher:
             .order_by(Item.batch_id, Item.position)
             .limit(limit)
             .with_for_update(skip_locked=True)
+            # A CTE, materialised: as an IN (subquery) Postgres re-runs the locking LIMIT
+            # for every row it updates and marks far more than ``limit``.
+            .cte("oldest")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
         )
         rows = session.execute(
             update(Item)
             .where(
-                Item.id.in_(oldest.scalar_subquery()),
+                Item.id == oldest.c.id,
                 Item.status == ItemStatus.PENDING,
                 Item.admitted_at.is_(None),
             )
