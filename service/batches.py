@@ -191,7 +191,7 @@ def move_item(
         counters["started_at"] = func.coalesce(Batch.started_at, now)
     if pages_billed:
         counters["pages_billed"] = Batch.pages_billed + pages_billed
-    batch = session.execute(
+    batch = session.connection().execute(
         update(Batch)
         .where(Batch.id == batch_id)
         .values(**counters)
@@ -200,7 +200,7 @@ def move_item(
     ).first()
     if batch is None:
         raise LookupError(batch_id)
-    item = session.execute(
+    item = session.connection().execute(
         update(Item)
         .where(Item.id == item_id, Item.status == from_status, *where)
         .values(
@@ -222,7 +222,7 @@ def move_item(
     )
     if status != batch.status:
         terminal = {"completed_at": now} if status in TERMINAL_BATCH_STATUSES else {}
-        session.execute(
+        session.connection().execute(
             update(Batch)
             .where(Batch.id == batch_id)
             .values(status=status, **terminal)

@@ -18,7 +18,7 @@ from service.models import BillingEntry, Customer
 
 
 def reserve_pages(session: Session, customer_id: str, pages: int) -> bool:
-    result = session.execute(
+    result = session.connection().execute(
         update(Customer)
         .where(
             Customer.id == customer_id,
@@ -28,13 +28,13 @@ def reserve_pages(session: Session, customer_id: str, pages: int) -> bool:
         .values(pages_reserved=Customer.pages_reserved + pages)
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)
 
 
 def release_pages(session: Session, customer_id: str, pages: int) -> None:
     if pages <= 0:
         return
-    session.execute(
+    session.connection().execute(
         update(Customer)
         .where(Customer.id == customer_id)
         .values(
@@ -61,17 +61,17 @@ def settle_pages(
     dialect_insert = (
         postgres_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     )
-    inserted = session.execute(
+    inserted = session.connection().execute(
         dialect_insert(BillingEntry)
         .values(
             id=billing_id, customer_id=customer_id, batch_id=batch_id, pages=pages, created_at=now
         )
         .on_conflict_do_nothing(index_elements=["id"])
-    ).rowcount  # type: ignore[attr-defined]
+    ).rowcount
     if not inserted:
         release_pages(session, customer_id, reserved)
         return False
-    session.execute(
+    session.connection().execute(
         update(Customer)
         .where(Customer.id == customer_id)
         .values(

@@ -122,7 +122,7 @@ class Dispatcher:
     def _in_flight(session: Session, customer_id: str) -> int:
         """Items holding (or owed) a slot: running, or admitted and waiting in the broker."""
         return int(
-            session.scalar(
+            session.connection().scalar(
                 select(func.count()).where(
                     Item.customer_id == customer_id,
                     or_(
@@ -161,7 +161,7 @@ class Dispatcher:
             .cte("oldest")
             .prefix_with("MATERIALIZED", dialect="postgresql")
         )
-        rows = session.execute(
+        rows = session.connection().execute(
             update(Item)
             .where(
                 Item.id == oldest.c.id,

@@ -97,7 +97,7 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
     now = utcnow()
     failed_at_cap = False
     with transaction(ctx.session_factory) as session:
-        row = session.execute(
+        row = session.connection().execute(
             select(
                 Item.batch_id,
                 Item.customer_id,
@@ -326,7 +326,7 @@ class Heartbeat:
         with transaction(self._ctx.session_factory) as session:
             if pages_done == self._published:
                 # Only the lease moves: not a visible change, so no batch lock or change number.
-                renewed = session.execute(
+                renewed = session.connection().execute(
                     update(Item)
                     .where(
                         Item.id == self._claim.item_id,
@@ -335,7 +335,7 @@ class Heartbeat:
                     )
                     .values(lease_expires_at=expires)
                     .execution_options(synchronize_session=False)
-                ).rowcount  # type: ignore[attr-defined]
+                ).rowcount
                 if not renewed:
                     raise LeaseLostError(self._claim.item_id)
             else:
@@ -376,12 +376,12 @@ def _reserve(ctx: ServiceContext, claim: Claim, pages: int) -> str:
     with transaction(ctx.session_factory) as session:
         if not reserve_pages(session, claim.customer_id, pages):
             return "quota"
-        held = session.execute(
+        held = session.connection().execute(
             update(Item)
             .where(Item.id == claim.item_id, Item.status == ItemStatus.RUNNING, *_fence(claim))
             .values(pages_reserved=pages, page_count=pages)
             .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
+        ).rowcount
         if not held:
             release_pages(session, claim.customer_id, pages)
             return "lease_lost"
@@ -432,7 +432,7 @@ def _succeed(
             ):
                 # Billed before (impossible while the lease fences the finish, kept exact
                 # anyway): the batch's pages_billed stays the sum of its billing rows.
-                session.execute(
+                session.connection().execute(
                     update(Batch)
                     .where(Batch.id == claim.batch_id)
                     .values(pages_billed=Batch.pages_billed - pages)
@@ -440,7 +440,7 @@ def _succeed(
                 )
             if not claim.sha256_known:
                 # SPEC: a file's sha256 is null until known; now it is.
-                session.execute(
+                session.connection().execute(
                     update(File)
                     .where(File.id == claim.file_id, File.sha256.is_(None))
                     .values(sha256=digest)
