@@ -95,88 +95,86 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
     settings = ctx.settings
     semaphore = ctx.dispatcher.semaphore
     now = utcnow()
-    failed_at_cap = False
-    with transaction(ctx.session_factory) as session:
-        row = session.connection().execute(
-            select(
-                Item.batch_id,
-                Item.customer_id,
-                Item.file_id,
-                Item.status,
-                Item.admitted_at,
-                Item.attempts,
-                Item.ocr_failures,
-                Customer.concurrency,
-                Customer.page_quota,
-                File.blob_key,
-                File.filename,
-                File.sha256_declared,
-                File.sha256,
-            )
-            .join(Customer, Customer.id == Item.customer_id)
-            .join(File, File.id == Item.file_id)
-            .where(Item.id == item_id)
-        ).first()
-        if row is None or row.status != ItemStatus.PENDING or row.admitted_at is None:
-            return None
-        cap = int(row.concurrency)
-        # The admission slot normally still stands and this only renews it; if it lapsed and
-        # the customer is at its cap meanwhile, the item goes back to waiting, unclaimed.
-        # Idempotent, so it runs before the batch lock rather than while holding it.
-        if not semaphore.acquire(
-            row.customer_id, item_id, cap=cap, lease_seconds=settings.lease_seconds
-        ):
-            session.execute(
-                update(Item)
-                .where(Item.id == item_id, Item.status == ItemStatus.PENDING)
-                .values(admitted_at=None)
-                .execution_options(synchronize_session=False)
-            )
-            return None
-        # Still pending and admitted when the batch is locked, or nothing happens (cancelled
-        # or claimed by a duplicate message meanwhile).
-        still_admitted = (Item.admitted_at.is_not(None),)
-        token = secrets.token_hex(16)
-        try:
-            if row.attempts - row.ocr_failures >= settings.max_attempts:
+    token = secrets.token_hex(16)
+    # ItemNotMovedError must leave the transaction, so that it rolls back the batch counters
+    # that move_item changed before it found the item no longer claimable.
+    try:
+        with transaction(ctx.session_factory) as session:
+            row = session.connection().execute(
+                select(
+                    Item.batch_id,
+                    Item.customer_id,
+                    Item.file_id,
+                    Item.status,
+                    Item.admitted_at,
+                    Item.attempts,
+                    Item.ocr_failures,
+                    Customer.concurrency,
+                    Customer.page_quota,
+                    File.blob_key,
+                    File.filename,
+                    File.sha256_declared,
+                    File.sha256,
+                )
+                .join(Customer, Customer.id == Item.customer_id)
+                .join(File, File.id == Item.file_id)
+                .where(Item.id == item_id)
+            ).first()
+            if row is None or row.status != ItemStatus.PENDING or row.admitted_at is None:
+                return None
+            cap = int(row.concurrency)
+            # The admission slot normally still stands and this only renews it; if it lapsed
+            # and the customer is at its cap meanwhile, the item goes back to waiting,
+            # unclaimed. Idempotent, so it runs before the batch lock, not while holding it.
+            if not semaphore.acquire(
+                row.customer_id, item_id, cap=cap, lease_seconds=settings.lease_seconds
+            ):
+                session.connection().execute(
+                    update(Item)
+                    .where(Item.id == item_id, Item.status == ItemStatus.PENDING)
+                    .values(admitted_at=None)
+                )
+                return None
+            # Moved only if still pending and admitted once the batch is locked (not
+            # cancelled, not claimed by a duplicate message meanwhile).
+            move: dict[str, Any] = {
+                "batch_id": row.batch_id,
+                "item_id": item_id,
+                "from_status": ItemStatus.PENDING,
+                "now": now,
+                "where": (Item.admitted_at.is_not(None),),
+            }
+            exhausted = row.attempts - row.ocr_failures >= settings.max_attempts
+            if exhausted:
                 lifecycle.move_item(
                     session,
-                    batch_id=row.batch_id,
-                    item_id=item_id,
-                    from_status=ItemStatus.PENDING,
                     to_status=ItemStatus.FAILED,
-                    now=now,
-                    where=still_admitted,
                     completed_at=now,
                     admitted_at=None,
                     lease_token=None,
                     lease_expires_at=None,
                     error_code="internal_error",
                     error_message=f"gave up after {row.attempts} attempts; safe to resubmit",
+                    **move,
                 )
-                failed_at_cap = True
             else:
                 batch, _ = lifecycle.move_item(
                     session,
-                    batch_id=row.batch_id,
-                    item_id=item_id,
-                    from_status=ItemStatus.PENDING,
                     to_status=ItemStatus.RUNNING,
-                    now=now,
-                    where=still_admitted,
                     attempts=Item.attempts + 1,
                     lease_token=token,
                     lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
                     started_at=func.coalesce(Item.started_at, now),
                     retry_at=None,
+                    **move,
                 )
-        except lifecycle.ItemNotMovedError:
-            return None
-    if failed_at_cap:
+    except lifecycle.ItemNotMovedError:
+        return None
+    # Metrics only once the transaction has committed: a rolled-back claim changed nothing.
+    if exhausted:
         semaphore.release(row.customer_id, [item_id])
         metrics.item_finished("failed", "internal_error")
         return None
-    # Metrics only once the transaction has committed: a rolled-back claim changed nothing.
     metrics.observe_queue_wait(row.admitted_at, now)
     return Claim(
         item_id=item_id,

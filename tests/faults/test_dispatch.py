@@ -1,4 +1,5 @@
-"""Admission: never more than the cap in flight, oldest first, even with dispatchers racing."""
+"""Admission and claim: never more than the cap in flight, oldest first, even with dispatchers
+racing; a claim that loses a race changes nothing."""
 
 from __future__ import annotations
 
@@ -105,3 +106,31 @@ def test_one_statement_marks_exactly_the_limit(
         )
     assert marked == ids and len(ids) == 2
     assert admitted_positions(ctx, tenant.customer_id) == [0, 1]
+
+
+def test_a_cancel_between_read_and_lock_leaves_the_claim_with_nothing(
+    env: tuple[ServiceContext, Tenant, list[str]],
+) -> None:
+    """The claim reads the item, then takes the batch lock; a cancel that commits in between
+    must win, and the claim's counter changes must roll back with it."""
+    from tasks.items import claim_item
+
+    ctx, tenant, published = env
+    if ctx.settings.resolved_database_url.startswith("sqlite"):
+        pytest.skip("SQLite's claim holds the write lock from BEGIN IMMEDIATE: no race to lose")
+    batch = tenant.submit([tenant.upload(PDF_BYTES + bytes([n])) for n in range(3)]).get_json()
+    semaphore = ctx.dispatcher.semaphore
+    acquire = semaphore.acquire
+
+    def cancel_then_acquire(*args: object, **kwargs: object) -> bool:
+        # The claim calls this between its read and the batch lock.
+        assert tenant.post(f"/v1/batches/{batch['id']}/cancel").status_code == 200
+        return acquire(*args, **kwargs)  # type: ignore[arg-type]
+
+    semaphore.acquire = cancel_then_acquire  # type: ignore[method-assign]
+    assert claim_item(ctx, published[0]) is None
+    body = tenant.get(f"/v1/batches/{batch['id']}").get_json()
+    assert body["status"] == "cancelled"
+    assert body["counts"] == {
+        "pending": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 3
+    }
