@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -182,6 +183,15 @@ class Item(Base):
         Index("ix_items_batch_seq", "batch_id", "change_seq"),
         # The dispatcher's question: this customer's oldest pending items.
         Index("ix_items_customer_status", "customer_id", "status", "batch_id", "position"),
+        # Admission counts a customer's items in flight, every one of which has admitted_at
+        # set (finished items have it cleared): a partial index keeps that count to at most
+        # the cap's rows instead of every pending item of the customer.
+        Index(
+            "ix_items_in_flight",
+            "customer_id",
+            postgresql_where=text("admitted_at IS NOT NULL"),
+            sqlite_where=text("admitted_at IS NOT NULL"),
+        ),
         Index("ix_items_status_lease", "status", "lease_expires_at"),
         Index("ix_items_file", "file_id"),
     )

@@ -12,10 +12,10 @@ beat tick as a backstop. Any number of dispatchers may run at once: the semaphor
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import DateTime, Integer, Update, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.clock import utcnow
@@ -50,35 +50,58 @@ class Dispatcher:
         with transaction(self.session_factory) as session:
             if cap is None:
                 cap = customer_cap(session, customer_id)
-            # The database, not Redis, has the last word on what is in flight: if Redis lost
-            # the slots (a restart), the semaphore alone would admit a second cap's worth.
-            free = cap - self._in_flight(session, customer_id)
-            if free <= 0:
-                return 0
-            marked = self._mark_oldest_admitted(session, customer_id, free)
-        if not marked:
-            return 0
-        admitted: list[str] = []
-        pruned = False
-        for item_id in marked:
-            if not self.semaphore.acquire(
-                customer_id, item_id, cap=cap, lease_seconds=self.admission_lease_seconds
-            ):
-                # Slots may be held by items that ended without releasing (a crash between
-                # commit and release): drop those once, then try again.
-                if pruned or not self.prune_holders(customer_id):
-                    break
-                pruned = True
-                if not self.semaphore.acquire(
-                    customer_id, item_id, cap=cap, lease_seconds=self.admission_lease_seconds
-                ):
-                    break
-            admitted.append(item_id)
-        if len(admitted) < len(marked):
-            self._unmark(marked[len(admitted) :])
-        for item_id in admitted:
+            marked = self.mark_admitted(session, customer_id, cap=cap)
+        return self.publish_admitted(customer_id, marked, cap=cap)
+
+    def hand_over(
+        self, customer_id: str, holder: str, *, cap: int, marked: list[str] | None
+    ) -> int:
+        """A finished item gives its slot up; the customer's next items take it.
+
+        ``marked``: the items that the finishing transaction admitted (``mark_admitted``), or
+        None when no finish committed (a lost lease, a crash), and admission runs on its own."""
+        if marked is None:
+            self.semaphore.release(customer_id, [holder])
+            return self.admit(customer_id, cap=cap)
+        return self.publish_admitted(customer_id, marked, cap=cap, releasing=[holder])
+
+    def mark_admitted(self, session: Session, customer_id: str, *, cap: int) -> list[str]:
+        """In the caller's transaction, mark the customer's oldest eligible pending items
+        admitted, as many as ``cap`` minus those in flight; their ids in admission order.
+
+        One statement (built once, ``_MARK_OLDEST``): the database, not Redis, has the last
+        word on what is in flight, for if Redis lost the slots (a restart) the semaphore
+        alone would admit a second cap's worth. Admission is not a visible state change (the
+        item stays `pending`), so it takes no batch lock or change number.
+        """
+        rows = (
+            session.connection()
+            .execute(_MARK_OLDEST, {"p_customer_id": customer_id, "p_cap": cap, "p_now": utcnow()})
+            .all()
+        )
+        return [row.id for row in sorted(rows, key=lambda row: (row.batch_id, row.position))]
+
+    def publish_admitted(
+        self, customer_id: str, marked: list[str], *, cap: int, releasing: Sequence[str] = ()
+    ) -> int:
+        """Give up ``releasing``'s slots and take one for each marked item, oldest first, in
+        one Redis call; publish those that got one and unmark the rest (they wait for the
+        next free slot). Returns how many were published."""
+        lease = self.admission_lease_seconds
+        granted = self.semaphore.exchange(
+            customer_id, release=releasing, acquire=marked, cap=cap, lease_seconds=lease
+        )
+        # Slots may be held by items that ended without releasing (a crash between commit
+        # and release): drop those once, then try again.
+        if granted < len(marked) and self.prune_holders(customer_id):
+            granted += self.semaphore.exchange(
+                customer_id, acquire=marked[granted:], cap=cap, lease_seconds=lease
+            )
+        if granted < len(marked):
+            self._unmark(marked[granted:])
+        for item_id in marked[:granted]:
             self.publish(item_id)
-        return len(admitted)
+        return granted
 
     def admit_all(self) -> int:
         """Round-robin over every customer with eligible pending items (the beat backstop)."""
@@ -118,62 +141,6 @@ class Dispatcher:
         self.semaphore.release(customer_id, stale)
         return len(stale)
 
-    @staticmethod
-    def _in_flight(session: Session, customer_id: str) -> int:
-        """Items holding (or owed) a slot: running, or admitted and waiting in the broker."""
-        return int(
-            session.connection().scalar(
-                select(func.count()).where(
-                    Item.customer_id == customer_id,
-                    or_(
-                        Item.status == ItemStatus.RUNNING,
-                        (Item.status == ItemStatus.PENDING) & Item.admitted_at.is_not(None),
-                    ),
-                )
-            )
-            or 0
-        )
-
-    @staticmethod
-    def _mark_oldest_admitted(session: Session, customer_id: str, limit: int) -> list[str]:
-        """Mark this customer's ``limit`` oldest eligible pending items admitted, in one
-        statement; their ids in admission order.
-
-        Admission is not a visible state change (the item stays `pending`), so it takes no
-        batch lock or change number. Two dispatchers at once skip each other's rows on
-        Postgres (SKIP LOCKED); SQLite has one writer anyway.
-        """
-        now = utcnow()
-        oldest = (
-            select(Item.id)
-            .where(
-                Item.customer_id == customer_id,
-                Item.status == ItemStatus.PENDING,
-                Item.admitted_at.is_(None),
-                or_(Item.retry_at.is_(None), Item.retry_at <= now),
-            )
-            # Batch ids start with their creation time: oldest batch first, then position.
-            .order_by(Item.batch_id, Item.position)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            # A CTE, materialised: as an IN (subquery) Postgres re-runs the locking LIMIT
-            # for every row it updates and marks far more than ``limit``.
-            .cte("oldest")
-            .prefix_with("MATERIALIZED", dialect="postgresql")
-        )
-        rows = session.connection().execute(
-            update(Item)
-            .where(
-                Item.id == oldest.c.id,
-                Item.status == ItemStatus.PENDING,
-                Item.admitted_at.is_(None),
-            )
-            .values(admitted_at=now)
-            .returning(Item.id, Item.batch_id, Item.position)
-            .execution_options(synchronize_session=False)
-        ).all()
-        return [row.id for row in sorted(rows, key=lambda row: (row.batch_id, row.position))]
-
     def _unmark(self, item_ids: list[str]) -> None:
         """Give back admissions that found no slot: they wait for the next free one."""
         with transaction(self.session_factory) as session:
@@ -183,3 +150,53 @@ class Dispatcher:
                 .values(admitted_at=None)
                 .execution_options(synchronize_session=False)
             )
+
+
+def _mark_oldest_statement() -> Update:
+    in_flight = (
+        select(func.count().label("n"))
+        .where(
+            Item.customer_id == bindparam("p_customer_id"),
+            # Running, or admitted and waiting in the broker: every such item has
+            # admitted_at set, and only those (ix_items_in_flight is over exactly them).
+            Item.admitted_at.is_not(None),
+            or_(Item.status == ItemStatus.PENDING, Item.status == ItemStatus.RUNNING),
+        )
+        .cte("in_flight")
+    )
+    cap = bindparam("p_cap", type_=Integer())
+    # Never a negative LIMIT: SQLite reads one as "no limit".
+    free = select(case((in_flight.c.n < cap, cap - in_flight.c.n), else_=0)).scalar_subquery()
+    oldest = (
+        select(Item.id)
+        .where(
+            Item.customer_id == bindparam("p_customer_id"),
+            Item.status == ItemStatus.PENDING,
+            Item.admitted_at.is_(None),
+            or_(Item.retry_at.is_(None), Item.retry_at <= bindparam("p_now", type_=DateTime())),
+        )
+        # Batch ids start with their creation time: oldest batch first, then position.
+        .order_by(Item.batch_id, Item.position)
+        .limit(free)
+        # Two dispatchers at once skip each other's rows on Postgres; SQLite has one writer.
+        .with_for_update(skip_locked=True)
+        # A CTE, materialised: as an IN (subquery) Postgres re-runs the locking LIMIT for
+        # every row it updates and marks far more than the limit.
+        .cte("oldest")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    return (
+        update(Item)
+        .where(
+            Item.id == oldest.c.id,
+            Item.status == ItemStatus.PENDING,
+            Item.admitted_at.is_(None),
+        )
+        .values(admitted_at=bindparam("p_now", type_=DateTime()))
+        .returning(Item.id, Item.batch_id, Item.position)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# Built once: building it cost more than running it (worker cProfile).
+_MARK_OLDEST = _mark_oldest_statement()

@@ -21,11 +21,11 @@ import random
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 import ocr
 from service import batches as lifecycle
@@ -44,6 +44,14 @@ log = logging.getLogger("pagelane.items")
 
 class LeaseLostError(Exception):
     """The item is no longer ours (cancelled, or reclaimed after our lease ran out)."""
+
+
+@dataclass
+class Handoff:
+    """The customer's next items, admitted in the transaction that finished this one (its
+    slot passes straight to them); None until such a transaction commits."""
+
+    admitted: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class Claim:
     sha256_known: bool
     # Only this worker changes it while it holds the lease.
     ocr_failures: int
+    handoff: Handoff = field(default_factory=Handoff)
 
 
 @dataclass(frozen=True)
@@ -84,10 +93,11 @@ def process_item(ctx: ServiceContext, item_id: str) -> str:
             try:
                 outcome = _work(ctx, claim)
             finally:
-                # The slot is free whatever happened (a lost lease means someone else holds
-                # the item).
-                ctx.dispatcher.semaphore.release(claim.customer_id, [claim.item_id])
-                ctx.dispatcher.admit(claim.customer_id, cap=claim.cap)
+                # The slot is given up whatever happened (a lost lease means someone else
+                # holds the item), to the items that the finish admitted if it committed.
+                ctx.dispatcher.hand_over(
+                    claim.customer_id, claim.item_id, cap=claim.cap, marked=claim.handoff.admitted
+                )
         return outcome
 
 
@@ -100,26 +110,7 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
     # that move_item changed before it found the item no longer claimable.
     try:
         with transaction(ctx.session_factory) as session:
-            row = session.connection().execute(
-                select(
-                    Item.batch_id,
-                    Item.customer_id,
-                    Item.file_id,
-                    Item.status,
-                    Item.admitted_at,
-                    Item.attempts,
-                    Item.ocr_failures,
-                    Customer.concurrency,
-                    Customer.page_quota,
-                    File.blob_key,
-                    File.filename,
-                    File.sha256_declared,
-                    File.sha256,
-                )
-                .join(Customer, Customer.id == Item.customer_id)
-                .join(File, File.id == Item.file_id)
-                .where(Item.id == item_id)
-            ).first()
+            row = session.connection().execute(_CLAIM_READ, {"p_item_id": item_id}).first()
             if row is None or row.status != ItemStatus.PENDING or row.admitted_at is None:
                 return None
             cap = int(row.concurrency)
@@ -142,7 +133,7 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
                 "item_id": item_id,
                 "from_status": ItemStatus.PENDING,
                 "now": now,
-                "where": (Item.admitted_at.is_not(None),),
+                "where": _ADMITTED,
             }
             exhausted = row.attempts - row.ocr_failures >= settings.max_attempts
             if exhausted:
@@ -161,10 +152,10 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
                 batch, _ = lifecycle.move_item(
                     session,
                     to_status=ItemStatus.RUNNING,
-                    attempts=Item.attempts + 1,
+                    attempts=_ONE_MORE_ATTEMPT,
                     lease_token=token,
                     lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-                    started_at=func.coalesce(Item.started_at, now),
+                    started_at=_FIRST_START,
                     retry_at=None,
                     **move,
                 )
@@ -329,7 +320,7 @@ class Heartbeat:
                     .where(
                         Item.id == self._claim.item_id,
                         Item.status == ItemStatus.RUNNING,
-                        *_fence(self._claim),
+                        Item.lease_token == self._claim.lease_token,
                     )
                     .values(lease_expires_at=expires)
                     .execution_options(synchronize_session=False)
@@ -345,7 +336,7 @@ class Heartbeat:
                         from_status=ItemStatus.RUNNING,
                         to_status=ItemStatus.RUNNING,
                         now=now,
-                        where=_fence(self._claim),
+                        **_fenced(self._claim),
                         pages_done=pages_done,
                         page_count=self._page_count,
                         lease_expires_at=expires,
@@ -363,9 +354,45 @@ class Heartbeat:
         )
 
 
-def _fence(claim: Claim) -> tuple[ColumnElement[bool]]:
-    """The condition under which the item is still ours: our lease token (with ``running``)."""
-    return (Item.lease_token == claim.lease_token,)
+# The hot statements, built once: building a statement cost SQLAlchemy more than running it
+# (cProfile of the worker). Conditions and expressions of item moves: see move_item.
+_CLAIM_READ = (
+    select(
+        Item.batch_id,
+        Item.customer_id,
+        Item.file_id,
+        Item.status,
+        Item.admitted_at,
+        Item.attempts,
+        Item.ocr_failures,
+        Customer.concurrency,
+        Customer.page_quota,
+        File.blob_key,
+        File.filename,
+        File.sha256_declared,
+        File.sha256,
+    )
+    .join(Customer, Customer.id == Item.customer_id)
+    .join(File, File.id == Item.file_id)
+    .where(Item.id == bindparam("p_item_id"))
+)
+# SPEC: a file's sha256 is null until known.
+_RECORD_SHA256 = (
+    update(File)
+    .where(File.id == bindparam("p_file_id"), File.sha256.is_(None))
+    .values(sha256=bindparam("p_sha256"))
+    .execution_options(synchronize_session=False)
+)
+_ADMITTED = (Item.admitted_at.is_not(None),)
+# The item is still ours while it carries our lease token (with ``running``).
+_FENCE = (Item.lease_token == bindparam("p_lease_token"),)
+_ONE_MORE_ATTEMPT = Item.attempts + 1
+_FIRST_START = func.coalesce(Item.started_at, lifecycle.NOW)
+
+
+def _fenced(claim: Claim) -> dict[str, Any]:
+    """The arguments of a move that only the lease holder may make."""
+    return {"where": _FENCE, "params": {"p_lease_token": claim.lease_token}}
 
 
 def _reserve(ctx: ServiceContext, claim: Claim, pages: int) -> str:
@@ -376,7 +403,11 @@ def _reserve(ctx: ServiceContext, claim: Claim, pages: int) -> str:
             return "quota"
         held = session.connection().execute(
             update(Item)
-            .where(Item.id == claim.item_id, Item.status == ItemStatus.RUNNING, *_fence(claim))
+            .where(
+                Item.id == claim.item_id,
+                Item.status == ItemStatus.RUNNING,
+                Item.lease_token == claim.lease_token,
+            )
             .values(pages_reserved=pages, page_count=pages)
             .execution_options(synchronize_session=False)
         ).rowcount
@@ -405,7 +436,7 @@ def _succeed(
                 from_status=ItemStatus.RUNNING,
                 to_status=ItemStatus.SUCCEEDED,
                 now=now,
-                where=_fence(claim),
+                **_fenced(claim),
                 pages_billed=pages,
                 page_count=page_count,
                 pages_done=page_count,
@@ -437,15 +468,13 @@ def _succeed(
                     .execution_options(synchronize_session=False)
                 )
             if not claim.sha256_known:
-                # SPEC: a file's sha256 is null until known; now it is.
                 session.connection().execute(
-                    update(File)
-                    .where(File.id == claim.file_id, File.sha256.is_(None))
-                    .values(sha256=digest)
-                    .execution_options(synchronize_session=False)
+                    _RECORD_SHA256, {"p_file_id": claim.file_id, "p_sha256": digest}
                 )
+            admitted = ctx.dispatcher.mark_admitted(session, claim.customer_id, cap=claim.cap)
     except lifecycle.ItemNotMovedError:
         return "lease_lost"
+    claim.handoff.admitted = admitted
     metrics.item_finished("succeeded")
     return "succeeded"
 
@@ -475,8 +504,8 @@ def _fail(ctx: ServiceContext, claim: Claim, failure: Failure, reserved: int = 0
                     from_status=ItemStatus.RUNNING,
                     to_status=ItemStatus.PENDING,
                     now=now,
-                    where=_fence(claim),
-                    ocr_failures=Item.ocr_failures + 1,
+                    **_fenced(claim),
+                    ocr_failures=claim.ocr_failures + 1,
                     retry_at=now + timedelta(seconds=delay),
                     **common,
                 )
@@ -492,16 +521,18 @@ def _fail(ctx: ServiceContext, claim: Claim, failure: Failure, reserved: int = 0
                     from_status=ItemStatus.RUNNING,
                     to_status=ItemStatus.FAILED,
                     now=now,
-                    where=_fence(claim),
+                    **_fenced(claim),
                     completed_at=now,
-                    ocr_failures=Item.ocr_failures + int(failure.transient),
+                    ocr_failures=claim.ocr_failures + int(failure.transient),
                     error_code=failure.code,
                     error_message=failure.message,
                     **common,
                 )
             release_pages(session, claim.customer_id, reserved)
+            admitted = ctx.dispatcher.mark_admitted(session, claim.customer_id, cap=claim.cap)
     except lifecycle.ItemNotMovedError:
         return "lease_lost"
+    claim.handoff.admitted = admitted
     if retry:
         return "retrying"
     metrics.item_finished("failed", failure.code)
@@ -547,4 +578,6 @@ def _fail_for_quota(ctx: ServiceContext, claim: Claim) -> str:
             )
         metrics.item_finished("failed", "payment_required", failed)
     ctx.dispatcher.semaphore.release(claim.customer_id, released)
+    # The items that this item's finish admitted have just failed too: nothing to hand over.
+    claim.handoff.admitted = []
     return outcome

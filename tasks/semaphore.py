@@ -11,26 +11,35 @@ clocks still agree on who has expired.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import redis
 
-# KEYS[1] = set; ARGV = holder, cap, lease_ms. Returns 1 when the holder has a slot.
-_ACQUIRE = """
+# KEYS[1] = set; ARGV = cap, lease_ms, number of releasers, the releasers, the acquirers.
+# Drops the releasers, then gives the acquirers a slot each in order, stopping at the first
+# that finds none; returns how many got one.
+_EXCHANGE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local expiry = now + tonumber(ARGV[3])
-local holding = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if (not holding) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  return 0
+local cap, lease, releasing = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 4, 3 + releasing do
+  redis.call('ZREM', KEYS[1], ARGV[i])
 end
-redis.call('ZADD', KEYS[1], expiry, ARGV[1])
+local granted = 0
+for i = 4 + releasing, #ARGV do
+  local holding = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if (not holding) and redis.call('ZCARD', KEYS[1]) >= cap then
+    break
+  end
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+  granted = granted + 1
+end
 -- The key outlives its longest lease, so an idle customer leaves nothing behind.
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) * 2 then
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+if granted > 0 and redis.call('PTTL', KEYS[1]) < lease * 2 then
+  redis.call('PEXPIRE', KEYS[1], lease * 2)
 end
-return 1
+return granted
 """
 
 # KEYS[1] = set; ARGV = holder, lease_ms. Returns 1 when the holder still had its slot.
@@ -63,7 +72,7 @@ class CustomerSemaphore:
     def __init__(self, client: redis.Redis, *, namespace: str = "pagelane") -> None:
         self._client = client
         self._namespace = namespace
-        self._acquire = client.register_script(_ACQUIRE)
+        self._exchange = client.register_script(_EXCHANGE)
         self._renew = client.register_script(_RENEW)
         self._holders = client.register_script(_HOLDERS)
 
@@ -71,8 +80,26 @@ class CustomerSemaphore:
         return f"{self._namespace}:sem:{customer_id}"
 
     def acquire(self, customer_id: str, holder: str, *, cap: int, lease_seconds: float) -> bool:
+        """A slot for ``holder``, or a longer lease on the one it holds."""
+        granted = self.exchange(customer_id, acquire=[holder], cap=cap, lease_seconds=lease_seconds)
+        return granted == 1
+
+    def exchange(
+        self,
+        customer_id: str,
+        *,
+        release: Sequence[str] = (),
+        acquire: Sequence[str],
+        cap: int,
+        lease_seconds: float,
+    ) -> int:
+        """Release ``release``, then acquire for ``acquire`` in order until one finds no slot,
+        atomically (a finished item handing its slot to the next); returns how many got one."""
+        if not release and not acquire:
+            return 0
         lease_ms = int(lease_seconds * 1000)
-        return bool(self._acquire(keys=[self._key(customer_id)], args=[holder, cap, lease_ms]))
+        args: list[str | int] = [cap, lease_ms, len(release), *release, *acquire]
+        return int(self._exchange(keys=[self._key(customer_id)], args=args))
 
     def renew(self, customer_id: str, holder: str, *, lease_seconds: float) -> bool:
         lease_ms = int(lease_seconds * 1000)

@@ -12,7 +12,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 
 from service import batches as lifecycle
 from service import metrics
@@ -25,6 +25,9 @@ from tasks.dispatch import customer_cap
 log = logging.getLogger("pagelane.sweeps")
 
 BATCH_SIZE = 500
+
+# A move's condition, built once (service.batches.move_item).
+_LEASE_EXPIRED = (Item.lease_expires_at < bindparam("p_expired_before"),)
 
 
 def requeue_stale_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
@@ -45,14 +48,17 @@ def requeue_stale_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
     }
     touched_customers: set[str] = set()
     for item_id, batch_id in stale:
-        expired = (Item.lease_expires_at < now,)
         with transaction(ctx.session_factory) as session:
             # Read under the batch lock: a renewal or finish meanwhile wins, so does another
             # sweep, and the reservation released is the one the item holds as it moves.
             lifecycle.lock_batch(session, batch_id)
             item = session.execute(
                 select(Item.customer_id, Item.attempts, Item.ocr_failures, Item.pages_reserved)
-                .where(Item.id == item_id, Item.status == ItemStatus.RUNNING, *expired)
+                .where(
+                    Item.id == item_id,
+                    Item.status == ItemStatus.RUNNING,
+                    Item.lease_expires_at < now,
+                )
             ).first()
             if item is None:
                 continue
@@ -61,7 +67,8 @@ def requeue_stale_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
                 "item_id": item_id,
                 "from_status": ItemStatus.RUNNING,
                 "now": now,
-                "where": expired,
+                "where": _LEASE_EXPIRED,
+                "params": {"p_expired_before": now},
                 **released,
             }
             if item.attempts - item.ocr_failures >= settings.max_attempts:

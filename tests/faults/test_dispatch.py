@@ -88,16 +88,17 @@ def test_racing_dispatchers_admit_the_cap_once(
     assert marked == 3
 
 
-def test_one_statement_marks_exactly_the_limit(
+def test_one_statement_marks_exactly_the_free_slots(
     env: tuple[ServiceContext, Tenant, list[str]],
 ) -> None:
-    """The marking statement itself, not the slot check behind it, stops at the limit."""
+    """The marking statement itself, not the slot check behind it, stops at the cap minus
+    the items in flight."""
     ctx, tenant, _ = env
     tenant.submit([tenant.upload(PDF_BYTES + bytes([n])) for n in range(10)])
     with transaction(ctx.session_factory) as session:
         session.execute(update(Item).values(admitted_at=None))
     with transaction(ctx.session_factory) as session:
-        marked = ctx.dispatcher._mark_oldest_admitted(session, tenant.customer_id, 2)
+        marked = ctx.dispatcher.mark_admitted(session, tenant.customer_id, cap=2)
     with ctx.session_factory() as session:
         ids = list(
             session.scalars(
@@ -106,6 +107,11 @@ def test_one_statement_marks_exactly_the_limit(
         )
     assert marked == ids and len(ids) == 2
     assert admitted_positions(ctx, tenant.customer_id) == [0, 1]
+    # Two in flight: a cap of 5 leaves three to admit, a cap of 2 none.
+    with transaction(ctx.session_factory) as session:
+        assert ctx.dispatcher.mark_admitted(session, tenant.customer_id, cap=2) == []
+        assert len(ctx.dispatcher.mark_admitted(session, tenant.customer_id, cap=5)) == 3
+    assert admitted_positions(ctx, tenant.customer_id) == [0, 1, 2, 3, 4]
 
 
 def test_a_cancel_between_read_and_lock_leaves_the_claim_with_nothing(

@@ -114,3 +114,20 @@ def test_acquire_is_idempotent_and_renew_needs_a_live_slot(
     time.sleep(0.3)
     assert not semaphore.renew("c", "b", lease_seconds=5), "an expired lease cannot be renewed"
     assert semaphore.acquire("c", "a", cap=1, lease_seconds=5)
+
+
+def test_exchange_hands_a_slot_over_in_order_and_stops_at_the_cap(
+    redis_url: str, flush_redis: None
+) -> None:
+    """A finished item's slot goes to the next items in one call: release first, then the
+    acquirers in order until the cap; a current holder in the list only renews."""
+    semaphore = CustomerSemaphore(redis.Redis.from_url(redis_url), namespace="unit")
+    assert semaphore.exchange("c", acquire=["a", "b"], cap=2, lease_seconds=5) == 2
+    # At the cap: releasing "a" frees one slot, which "c" takes; "d" after it finds none.
+    granted = semaphore.exchange("c", release=["a"], acquire=["c", "d"], cap=2, lease_seconds=5)
+    assert granted == 1
+    assert sorted(semaphore.holders("c")) == ["b", "c"]
+    # "b" already holds a slot: renewed, not counted twice; "e" then finds the cap.
+    assert semaphore.exchange("c", acquire=["b", "e"], cap=2, lease_seconds=5) == 1
+    assert sorted(semaphore.holders("c")) == ["b", "c"]
+    assert semaphore.exchange("c", acquire=[], cap=2, lease_seconds=5) == 0
