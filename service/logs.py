@@ -46,7 +46,15 @@ _HEADER_PATTERN = re.compile(
 
 # Libraries that say routine things at INFO in every process (a line per gunicorn worker boot,
 # a line per S3 client): at INFO they would drown ours.
-_CHATTY_AT_INFO = ("alembic.runtime.plugins", "botocore.credentials")
+# Celery's "Task ... received" and "Task ... succeeded in" lines: two more lines an item, in
+# the worker's busiest loop, saying what the worker's own line says (pagelane.worker: the item,
+# its outcome and duration). Their warnings and errors (a task that raised) still show.
+_CHATTY_AT_INFO = (
+    "alembic.runtime.plugins",
+    "botocore.credentials",
+    "celery.worker.strategy",
+    "celery.app.trace",
+)
 
 
 def bind(**fields: str | None) -> Token[Mapping[str, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from celery import Celery, signals
@@ -66,8 +67,10 @@ def make_worker_app(settings: Settings) -> Celery:
 
     @app.task(name=PROCESS_ITEM, bind=False, ignore_result=True)
     def process_item_task(item_id: str) -> str:
+        started = time.perf_counter()
         outcome = process_item(state.context, item_id)
-        log.info("item %s: %s", item_id, outcome, extra={"item_id": item_id})
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        log.info("item %s: %s in %.1f ms", item_id, outcome, elapsed_ms, extra={"item_id": item_id})
         return outcome
 
     for name, sweep in SWEEPS.items():
