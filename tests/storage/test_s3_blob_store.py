@@ -73,3 +73,15 @@ def test_unreachable_endpoint_ping_is_false_fast_and_ensure_ready_explains() -> 
 
     with pytest.raises(BlobStoreError, match="unreachable"):
         store.ensure_ready()
+
+
+def test_put_sends_its_body_without_waiting_for_100_continue(s3_store: S3BlobStore) -> None:
+    """botocore asks for ``Expect: 100-continue`` on every PUT by default: a round trip per
+    result written. Our PUTs go straight through, and still store the bytes."""
+    sent: list[dict[str, str]] = []
+    s3_store._client.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **_: sent.append(dict(request.headers))
+    )
+    s3_store.put("cus_1/results/b/i.json", b'{"ok": true}', content_type="application/json")
+    assert sent and not {name.lower() for name in sent[0]} & {"expect"}
+    assert s3_store.get("cus_1/results/b/i.json") == b'{"ok": true}'
