@@ -4,11 +4,19 @@ Generates N small one-page text-layer PDFs, brings up the embedded stack (`pagel
 embedded Redis, local blobs served by the API, a worker with W processes) on a free port, and
 times the real CLI, `pagelane run DIR --out OUT`, as a subprocess. Printed, from one run:
 
+  * the server's own processing time: the same files, uploaded beforehand and submitted as one
+    batch through the SDK, from the batch's ``created_at`` to its ``completed_at``
   * register + upload (scan, hash, bulk registration, parallel PUTs): seconds and files/s
-  * processing: the server's own time, batch ``created_at`` → ``completed_at``
+  * processing as `pagelane run` drove it: batch created → completed, while the client polls
+    and downloads each result as its item succeeds (through the API, which serves the blobs
+    in the embedded stack: CPU taken from the workers on a small machine)
   * download tail: from the batch's completion to the client's exit (results are downloaded
     while the batch runs, so only the last ones are left by then)
-  * end-to-end / server processing time (goal ≤ 1.15)
+  * end-to-end / the server's own processing time (goal ≤ 1.15), and end-to-end / the
+    processing as the run drove it (what the client adds outside the batch's own time)
+
+Each of the two is measured twice, alternately, and the faster run kept (a shared VM's speed
+drifts from one run to the next).
 
 A small warm-up run first makes both sides pay their one-off start-up costs (worker imports,
 first connections) outside the measured run.
@@ -29,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -37,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from client import Client  # noqa: E402
+from client import Client, FileSpec  # noqa: E402
 
 CLI = [sys.executable, "-m", "service.cli"]  # what the `pagelane` script runs
 
@@ -155,6 +164,31 @@ def pagelane_run(stack: EmbeddedStack, source: Path, out: Path, concurrency: int
     return started, finished, json.loads(done.stdout)
 
 
+def server_alone(stack: EmbeddedStack, source: Path) -> float:
+    """Seconds from created_at to completed_at of one batch of ``source``'s files, uploaded
+    before it is submitted: the server's own processing time, with no client work beside it."""
+    paths = sorted(p for p in source.rglob("*.pdf"))
+    with Client(stack.key, stack.url) as client:
+        files: list = []
+        for start in range(0, len(paths), 1000):
+            chunk = paths[start : start + 1000]
+            files += client.files.create_many(
+                [FileSpec(size_bytes=p.stat().st_size, filename=p.name) for p in chunk]
+            )
+        with ThreadPoolExecutor(16) as pool:
+            for done in [
+                pool.submit(client.files.upload, file.upload, path)
+                for file, path in zip(files, paths, strict=True)
+            ]:
+                done.result()
+        batch = client.batches.create([f.id for f in files])
+        while not batch.is_terminal:
+            time.sleep(0.5)
+            batch = client.batches.get(batch.id, limit=1)
+    assert batch.created_at and batch.completed_at
+    return instant(batch.completed_at) - instant(batch.created_at)
+
+
 def instant(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
@@ -175,34 +209,46 @@ def main() -> None:
         stack = EmbeddedStack(root / "data", args.workers)
         try:
             pagelane_run(stack, warmup, root / "warmup-out", args.concurrency)
-            started, finished, summary = pagelane_run(stack, source, root / "out", args.concurrency)
+            alone: list[float] = []
+            runs: list[tuple] = []
+            for attempt in range(2):
+                alone.append(server_alone(stack, source))
+                runs.append(pagelane_run(stack, source, root / f"out{attempt}", args.concurrency))
+            started, finished, summary = min(runs, key=lambda run: run[1] - run[0])
             with Client(stack.key, stack.url) as client:
-                batch = client.batches.get(summary["batch_ids"][0], limit=1)
+                batches = [client.batches.get(i, limit=1) for i in summary["batch_ids"]]
         finally:
             stack.stop()
 
-    assert batch.created_at and batch.completed_at and batch.started_at
+    assert all(b.created_at and b.completed_at and b.started_at for b in batches)
     end_to_end = finished - started
-    server = instant(batch.completed_at) - instant(batch.created_at)
+    server = min(alone)
+    first_created = min(instant(b.created_at) for b in batches)  # type: ignore[arg-type]
+    last_completed = max(instant(b.completed_at) for b in batches)  # type: ignore[arg-type]
+    first_started = min(instant(b.started_at) for b in batches)  # type: ignore[arg-type]
     phases = summary["phase_seconds"]
     upload = phases["upload"]
-    tail = finished - instant(batch.completed_at)
+    tail = finished - last_completed
     print(
         f"pagelane run on {args.files} one-page text PDFs, embedded stack, "
         f"{args.workers} worker processes, client concurrency {args.concurrency}"
     )
     print(f"  succeeded {summary['succeeded']}/{summary['files']}, pages {summary['pages']}")
+    print(f"  server alone        {server:7.2f} s   (one batch of the uploaded files)")
     print(f"  register + upload   {upload:7.2f} s   ({args.files / upload:.0f} files/s)")
-    print(f"  submit              {phases['submit']:7.2f} s")
+    print(f"  submit             {phases['submit']:7.2f} s")
     print(
-        f"  processing (server) {server:7.2f} s   (created_at → completed_at; "
-        f"queue → first start {instant(batch.started_at) - instant(batch.created_at):.2f} s)"
+        f"  processing (run)    {last_completed - first_created:7.2f} s   ({len(batches)} "
+        f"batches; first submitted {first_created - started:.2f} s after start, first item "
+        f"started {first_started - first_created:.2f} s later)"
     )
-    print(f"  download tail       {tail:7.2f} s   (completed_at → client exit)")
+    print(f"  download tail       {tail:7.2f} s   (last completed_at → client exit)")
     outside = end_to_end - phases["upload"] - phases["submit"] - phases["process_and_download"]
     print(f"  client start + exit {outside:7.2f} s   (interpreter, imports; summary, exit)")
     print(f"  end to end          {end_to_end:7.2f} s")
-    print(f"  ratio end-to-end / server processing = {end_to_end / server:.3f}  (goal ≤ 1.15)")
+    print(f"  ratio end-to-end / server alone = {end_to_end / server:.3f}  (goal ≤ 1.15)")
+    driven = last_completed - first_created
+    print(f"  ratio end-to-end / processing (run) = {end_to_end / driven:.3f}")
 
 
 if __name__ == "__main__":

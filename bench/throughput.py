@@ -7,7 +7,8 @@
    on Postgres + S3 (moto's server in its own process; goal ≤ 15 ms) and embedded (SQLite +
    local blobs; goal ≤ 5 ms).
 
-Run: `make bench-throughput` (python -m bench.throughput [N]).
+Each figure is the best of several runs (3 by default). Run: `make bench-throughput`
+(python -m bench.throughput [N] [RUNS]).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 
@@ -76,16 +78,25 @@ def one_page_pdfs(count: int) -> list[bytes]:
     return [base + f"\n% {n}\n".encode() for n in range(count)]
 
 
+def best_of(runs: int, measure: Callable[[], tuple[float, int]]) -> tuple[float, int]:
+    """The fastest of ``runs`` measurements: this machine is a shared VM whose speed drifts
+    by tens of percent from one run to the next, and noise only ever adds time."""
+    return min((measure() for _ in range(runs)), key=lambda result: result[0])
+
+
 def main() -> None:
     workers = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     corpus = born_digital() * 2
     small = one_page_pdfs(500)
     print(
-        f"{len(corpus)} born-digital documents, {len(small)} one-page PDFs, N={workers}", flush=True
+        f"{len(corpus)} born-digital documents, {len(small)} one-page PDFs, N={workers}, "
+        f"best of {runs} runs each",
+        flush=True,
     )
 
-    bare_s, bare_pages = bare(corpus, workers)
-    bare_small_s, _ = bare(small, workers)
+    bare_s, bare_pages = best_of(runs, lambda: bare(corpus, workers))
+    bare_small_s, _ = best_of(runs, lambda: bare(small, workers))
     results: dict[str, tuple[float, int, float]] = {}
     for database, blobs in (("postgres", "s3"), ("sqlite", "local")):
         with bench_stack(database, blobs) as stack:
@@ -93,9 +104,11 @@ def main() -> None:
             stack.beat()
             warm(stack, small[0])
             system_s, system_pages = (
-                through_system(stack, corpus) if blobs == "s3" else (float("nan"), 0)
+                best_of(runs, lambda: through_system(stack, corpus))
+                if blobs == "s3"
+                else (float("nan"), 0)
             )
-            small_s, _ = through_system(stack, small)
+            small_s, _ = best_of(runs, lambda: through_system(stack, small))
             results[f"{database}+{blobs}"] = (system_s, system_pages, small_s)
 
     system_s, system_pages, _ = results["postgres+s3"]

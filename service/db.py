@@ -60,25 +60,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# The execution option that `transaction` sets on its connection: a unit of work that may write.
+WRITES = "pagelane_writes"
+
+
 class SqliteWriterLock:
-    """Transactions on one SQLite file take turns through an OS file lock, not SQLite's own.
+    """Writers on one SQLite file take turns through an OS file lock; readers take none.
 
-    pysqlite's transaction handling defers BEGIN past the first SELECT, which breaks
-    read-then-write locking, so every transaction is ``BEGIN IMMEDIATE`` (SQLAlchemy's recipe).
-    Two processes wanting the write lock at once would then meet SQLite's busy handler, which
-    sleeps 1, 2, 5, 10... ms between tries: measured, the worker children of one machine spent
-    7 ms an item asleep there while the lock was free again after 0.3 ms. A blocking
-    ``flock`` taken before BEGIN wakes the next writer the moment the last one commits, so
-    SQLite never sees a second writer from our processes.
+    pysqlite defers BEGIN past the first SELECT, which breaks read-then-write locking, so a
+    transaction that may write (`transaction` marks its connection) starts with
+    ``BEGIN IMMEDIATE``. Two processes asking for the write lock at once would then meet
+    SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between tries: measured, the worker
+    children of one machine spent 7 ms an item asleep there while the lock was free again after
+    0.3 ms. A blocking ``flock`` taken before BEGIN wakes the next writer the moment the last
+    one commits, so SQLite never sees two writers of ours at once.
 
-    ``flock`` belongs to an open file, so each transaction opens the lock file afresh: two
-    threads of one process exclude each other too. A thread that begins a second transaction
-    while holding one would wait for itself forever; that raises instead.
+    Read-only sessions (every session not opened by `transaction`; nothing else commits) begin
+    a plain deferred transaction: a WAL snapshot that neither waits for writers nor holds them
+    up, so polls and downloads do not queue behind the workers.
+
+    ``flock`` belongs to an open file, so each write transaction opens the lock file afresh:
+    two threads of one process exclude each other too. A thread that begins a second write
+    transaction while holding one would wait for itself forever; that raises instead.
     """
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._held = threading.local()
+        self._thread = threading.local()
 
     def install(self, engine: Engine) -> None:
         event.listen(engine, "begin", self._begin)
@@ -86,14 +94,18 @@ class SqliteWriterLock:
         event.listen(engine, "rollback", self._rollback)
 
     def _begin(self, conn: Connection) -> None:
-        if getattr(self._held, "fd", None) is not None:
-            raise RuntimeError("a second SQLite transaction in a thread that holds one")
-        self._held.fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        if not conn.get_execution_options().get(WRITES):
+            conn.exec_driver_sql("BEGIN")
+            return
+        if getattr(self._thread, "writing", False):
+            raise RuntimeError("a second SQLite write transaction in a thread that holds one")
+        conn.info[_LOCK_FD] = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._thread.writing = True
         try:
-            fcntl.flock(self._held.fd, fcntl.LOCK_EX)
+            fcntl.flock(conn.info[_LOCK_FD], fcntl.LOCK_EX)
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
-            self._release()
+            self._release(conn)
             raise
 
     def _commit(self, conn: Connection) -> None:
@@ -102,7 +114,7 @@ class SqliteWriterLock:
         try:
             conn.exec_driver_sql("COMMIT")
         finally:
-            self._release()
+            self._release(conn)
 
     def _rollback(self, conn: Connection) -> None:
         try:
@@ -110,13 +122,16 @@ class SqliteWriterLock:
             if dbapi_connection is not None and dbapi_connection.in_transaction:
                 conn.exec_driver_sql("ROLLBACK")
         finally:
-            self._release()
+            self._release(conn)
 
-    def _release(self) -> None:
-        fd = getattr(self._held, "fd", None)
+    def _release(self, conn: Connection) -> None:
+        fd = conn.info.pop(_LOCK_FD, None)
         if fd is not None:
-            self._held.fd = None
+            self._thread.writing = False
             os.close(fd)  # closing the last descriptor of the open file drops its flock
+
+
+_LOCK_FD = "pagelane_writer_lock_fd"
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -125,8 +140,12 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(session_factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One short unit of work: commit on success, roll back on any exception."""
+    """One short unit of work: commit on success, roll back on any exception.
+
+    The only way to write: a session from ``session_factory()`` alone is never committed.
+    Its connection is marked as writing (on SQLite, it takes the writer lock)."""
     with session_factory() as session, session.begin():
+        session.connection(execution_options={WRITES: True})
         yield session
 
 
