@@ -33,8 +33,9 @@ def make_engine(settings: Settings) -> Engine:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
-        if engine.url.database and engine.url.database != ":memory:":
-            SqliteWriterLock(f"{engine.url.database}.writer-lock").install(engine)
+        database = engine.url.database
+        on_disk = bool(database) and database != ":memory:"
+        SqliteWriterLock(f"{database}.writer-lock" if on_disk else None).install(engine)
         return engine
     return create_engine(
         url,
@@ -82,9 +83,10 @@ class SqliteWriterLock:
     ``flock`` belongs to an open file, so each write transaction opens the lock file afresh:
     two threads of one process exclude each other too. A thread that begins a second write
     transaction while holding one would wait for itself forever; that raises instead.
+    An in-memory database (``path`` None) lives in one process: no file lock, same BEGINs.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | None) -> None:
         self._path = path
         self._thread = threading.local()
 
@@ -96,6 +98,9 @@ class SqliteWriterLock:
     def _begin(self, conn: Connection) -> None:
         if not conn.get_execution_options().get(WRITES):
             conn.exec_driver_sql("BEGIN")
+            return
+        if self._path is None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
             return
         if getattr(self._thread, "writing", False):
             raise RuntimeError("a second SQLite write transaction in a thread that holds one")
