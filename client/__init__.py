@@ -9,7 +9,8 @@ back to one registration per file without it).
 
 from __future__ import annotations
 
-from client.async_client import AsyncChangeFeed, AsyncClient
+from typing import TYPE_CHECKING, Any
+
 from client.config import RetryPolicy
 from client.errors import ApiError, ConfigurationError, PagelaneConnectionError, PagelaneError
 from client.models import (
@@ -30,6 +31,22 @@ from client.protocol import RetryNotice
 from client.sync_client import ChangeFeed, Client
 
 __version__ = "0.1.0"
+
+# The async client loads on first use: the `pagelane` command and sync scripts never need it,
+# and every command starts faster without it.
+_LAZY = {"AsyncClient", "AsyncChangeFeed"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from client import async_client
+
+        return getattr(async_client, name)
+    raise AttributeError(f"module 'client' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from client.async_client import AsyncChangeFeed, AsyncClient
 
 __all__ = [
     "ApiError",

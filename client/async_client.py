@@ -64,6 +64,7 @@ class AsyncClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.base_url = resolve_api_url(base_url)
+        self._result_route = protocol.ResultRoute(self.base_url)
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
         self._sleep = sleep
@@ -339,7 +340,7 @@ class AsyncResults:
     async def get(self, batch_id: str, item_id: str) -> ExtractResult:
         """The parsed result. Follows the 302 itself: the signed URL gets no API key."""
         client = self._client
-        location = await client.call(protocol.result_location(client.base_url, batch_id, item_id))
+        location = await client.call(client._result_route.locate(batch_id, item_id))
         if location.body is not None:
             return ExtractResult.model_validate_json(location.body)
         url = location.url
@@ -363,7 +364,7 @@ class AsyncResults:
             while True:
                 attempt += 1
                 location = await client.call(
-                    protocol.result_location(client.base_url, batch_id, item_id)
+                    client._result_route.locate(batch_id, item_id)
                 )
                 if location.body is not None:
                     partial.write_bytes(location.body)

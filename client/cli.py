@@ -15,11 +15,10 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from client.async_client import AsyncClient
 from client.errors import ApiError, ConfigurationError, PagelaneConnectionError
 from client.models import Batch, BatchItem, FileSpec
 from client.progress import make_reporter
@@ -31,6 +30,9 @@ from client.runner import (
     RunPlan,
     run_folder,
 )
+
+if TYPE_CHECKING:
+    from client.async_client import AsyncClient
 from client.state import StateError, json_line, write_atomically
 from client.sync_client import Client
 
@@ -482,6 +484,8 @@ def _safe_relative(name: str) -> str:
 
 
 def _with_client(api_url: str | None, work: Callable[[AsyncClient], Awaitable[T]]) -> T:
+    from client.async_client import AsyncClient  # here: `pagelane run` never loads it
+
     async def go() -> T:
         async with AsyncClient(
             base_url=api_url,

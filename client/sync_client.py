@@ -71,6 +71,7 @@ class Client:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = resolve_api_url(base_url)
+        self._result_route = protocol.ResultRoute(self.base_url)
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
         self._sleep = sleep
@@ -356,7 +357,7 @@ class Results:
     def get(self, batch_id: str, item_id: str) -> ExtractResult:
         """The parsed result. Follows the 302 itself: the signed URL gets no API key."""
         client = self._client
-        location = client.call(protocol.result_location(client.base_url, batch_id, item_id))
+        location = client.call(client._result_route.locate(batch_id, item_id))
         if location.body is not None:
             return ExtractResult.model_validate_json(location.body)
         url = location.url
@@ -377,7 +378,7 @@ class Results:
         try:
             while True:
                 attempt += 1
-                location = client.call(protocol.result_location(client.base_url, batch_id, item_id))
+                location = client.call(client._result_route.locate(batch_id, item_id))
                 if location.body is not None:
                     partial.write_bytes(location.body)
                     break

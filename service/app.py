@@ -119,8 +119,9 @@ def _assign_request_id() -> None:
 
 def _authenticate() -> None:
     context: ServiceContext = current_app.extensions["pagelane"]
-    with context.session_factory() as session:
-        principal = authenticate(session, key_from_headers(request.headers))
+    # A Core connection, not an ORM session: every request pays for this lookup.
+    with context.engine.connect() as connection:
+        principal = authenticate(connection, key_from_headers(request.headers))
     if principal is None:
         raise ApiError(401, "unauthorized", "missing or unknown API key (X-API-KEY header)")
     g.principal = principal

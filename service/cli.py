@@ -332,7 +332,7 @@ def up(data_dir: Path | None, port: int, workers: int) -> None:
         dev_key = _dev_key(settings, data_dir / "dev_api_key")
         me = [sys.executable, "-m", "service.cli"]
         children.append(
-            subprocess.Popen([*me, "api", "--port", str(port), "--workers", "1"], env=env)
+            subprocess.Popen([*me, "api", "--port", str(port), "--workers", "2"], env=env)
         )
         children.append(subprocess.Popen([*me, "worker", "--concurrency", str(workers)], env=env))
         children.append(subprocess.Popen([*me, "beat", "--loglevel", "WARNING"], env=env))
