@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
+import ocr
 from client import (
     ApiError,
     AsyncClient,
@@ -25,7 +27,7 @@ from client import (
     UploadInstructions,
 )
 from client.config import resolve_api_key, resolve_api_url
-from tests.client.conftest import Fault, LiveStack
+from tests.client.conftest import Fault, LiveStack, serve
 from tests.conftest import CORPUS
 
 CRAZY_ONES = CORPUS / "digital-crazyones-1p.pdf"
@@ -97,6 +99,56 @@ def test_async_client_has_the_same_calls(live: LiveStack, tmp_path: Path) -> Non
     assert batch.status == "completed"
     assert "The Crazy Ones" in collapse(result.text)
     assert (tmp_path / "a" / "r.json").exists()
+
+
+class ResultServer:
+    """A result endpoint as SPEC has it: a 302 to a signed URL, or the JSON with ``?inline=true``.
+    ``blobs_at`` is where the signed URLs point: this server's own origin (the embedded store)
+    or another server's (S3). Every request is recorded."""
+
+    def __init__(self, result: bytes) -> None:
+        self.result = result
+        self.blobs_at = ""
+        self.requests: list[str] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        query = environ.get("QUERY_STRING", "")
+        self.requests.append(environ["PATH_INFO"] + (f"?{query}" if query else ""))
+        if environ["PATH_INFO"].endswith("/result") and query != "inline=true":
+            start_response("302 Found", [("Location", f"{self.blobs_at}/blobs/r.json?sig=x")])
+            return [b""]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [self.result]
+
+
+@pytest.mark.parametrize("blobs", ["own origin", "elsewhere"])
+def test_results_are_asked_inline_once_the_server_redirects_to_itself(
+    blobs: str, tmp_path: Path
+) -> None:
+    result = json.dumps(ocr.extract(CRAZY_ONES.read_bytes())).encode()
+    api, store = ResultServer(result), ResultServer(result)
+    servers = [serve(api), serve(store)]
+    api.blobs_at = servers[0].url if blobs == "own origin" else servers[1].url
+    try:
+        with Client("pl_key", servers[0].url) as client:
+            for n in range(3):
+                assert client.results.get("batch_x", f"item_{n}").page_count == 1
+            client.results.download("batch_x", "item_3", tmp_path / "r.json")
+        assert json.loads((tmp_path / "r.json").read_bytes()) == json.loads(result)
+    finally:
+        for server in servers:
+            server.stop()
+    signed_gets = [r for r in api.requests + store.requests if r.startswith("/blobs/")]
+    if blobs == "own origin":
+        # One redirect shows the API serves the blobs itself: one request a result after it.
+        assert api.requests[2:] == [
+            f"/v1/batches/batch_x/items/item_{n}/result?inline=true" for n in (1, 2, 3)
+        ]
+        assert len(signed_gets) == 1
+    else:
+        # S3: result bytes stay off the API, every result through its signed URL.
+        assert not any("inline" in r for r in api.requests)
+        assert len(signed_gets) == 4 and store.requests == signed_gets
 
 
 def test_errors_carry_the_envelope_code_message_and_status(live: LiveStack) -> None:
