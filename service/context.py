@@ -19,8 +19,9 @@ from service.settings import Settings
 from service.storage import BlobStore, make_blob_store
 
 if TYPE_CHECKING:
-    # The API only publishes through the dispatcher; workers own the module.
+    # Worker-side parts, built on first use (the API only publishes through the dispatcher).
     from tasks.dispatch import Dispatcher
+    from tasks.items import LeaseKeeper
 
 
 @dataclass
@@ -68,7 +69,17 @@ class ServiceContext:
             admission_lease_seconds=self.settings.admission_lease_seconds,
         )
 
+    @cached_property
+    def lease_keeper(self) -> LeaseKeeper:
+        """Renews the leases of the items this process is extracting (one thread, started on
+        first use)."""
+        from tasks.items import LeaseKeeper
+
+        return LeaseKeeper(self)
+
     def close(self) -> None:
+        if "lease_keeper" in self.__dict__:
+            self.lease_keeper.close()
         self.engine.dispose()
         if "redis" in self.__dict__:
             self.redis.close()
