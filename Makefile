@@ -53,7 +53,7 @@ lint: install ## ruff
 	$(BIN)/ruff check .
 
 typecheck: install ## mypy
-	$(BIN)/mypy service tasks ocr client
+	$(BIN)/mypy service tasks ocr client bench
 
 check: lint typecheck ## lint + typecheck
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import io
 import json
@@ -80,11 +81,11 @@ def text_layer_section(corpus: Path, repeat: int) -> None:
         pages = entry["page_count"]
         ours, full, bare = best_of(
             repeat,
-            lambda d=data: ocr.extract(d, TEXT_ONLY),
-            lambda d=data: ocr.extract(d),
-            lambda d=data: bare_pdfium(d),
+            functools.partial(ocr.extract, data, TEXT_ONLY),
+            functools.partial(ocr.extract, data),
+            functools.partial(bare_pdfium, data),
         )
-        (plumber,) = best_of(1, lambda d=data: plumber_words(d))
+        (plumber,) = best_of(1, functools.partial(plumber_words, data))
         totals["pages"] += pages
         totals["ours"] += ours
         totals["full"] += full

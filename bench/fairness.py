@@ -46,7 +46,9 @@ def main() -> None:
                             Item.customer_id == a.customer_id, Item.status == ItemStatus.RUNNING
                         )
                     )
-                samples.append((int(running or 0), int(stack.ctx.redis.llen(QUEUE_ITEMS))))
+                depth = stack.ctx.redis.llen(QUEUE_ITEMS)
+                assert isinstance(depth, int)  # a sync client (redis-py types both kinds)
+                samples.append((int(running or 0), depth))
                 time.sleep(0.02)
 
         started = time.monotonic()
