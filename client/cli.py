@@ -30,11 +30,11 @@ from client.runner import (
     RunPlan,
     run_folder,
 )
+from client.state import StateError, json_line, write_atomically
+from client.sync_client import Client
 
 if TYPE_CHECKING:
     from client.async_client import AsyncClient
-from client.state import StateError, json_line, write_atomically
-from client.sync_client import Client
 
 T = TypeVar("T")
 EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130

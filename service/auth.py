@@ -83,10 +83,10 @@ _LIVE_KEY = select(ApiKey.id, ApiKey.customer_id).where(
 )
 
 
-def authenticate(session: Session | Connection, key: str) -> Principal | None:
+def authenticate(db: Session | Connection, key: str) -> Principal | None:
     if not key:
         return None
-    row = session.execute(_LIVE_KEY, {"key_hash": hash_key(key)}).first()
+    row = db.execute(_LIVE_KEY, {"key_hash": hash_key(key)}).first()
     return Principal(customer_id=row.customer_id, key_id=row.id) if row else None
 
 
