@@ -262,8 +262,12 @@ def beat(loglevel: str) -> None:
         lock.acquire()
     except BeatAlreadyRunningError as exc:
         raise click.ClickException(str(exc)) from exc
+    from service import logs
+
+    # As for the worker: no plain-text banner among JSON lines.
+    quiet = ["--quiet"] if logs.uses_json(settings.log_format) else []
     try:
-        app.start(argv=["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+        app.start(argv=[*quiet, "beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
     finally:
         lock.release()
 

@@ -96,7 +96,7 @@ def test_worker_and_api_metrics_after_a_batch(stack: Stack, api: tuple[Proc, str
     worker = start_worker(worker_settings, stack.tmp, concurrency=2,
                           faults={"PAGELANE_FAULT_SLEEP": "1"})
     stack.procs.append(worker)
-    stack.beat()
+    beat = stack.beat()
     # Cap 1: the items run one after another, so the API sees one running and others pending.
     tenant = stack.tenant("metrics", concurrency=1)
     names = ["digital-crazyones-1p.pdf", "image-simple-text.jpg", "corrupted-not-a-valid-pdf.pdf"]
@@ -186,6 +186,11 @@ def test_worker_and_api_metrics_after_a_batch(stack: Stack, api: tuple[Proc, str
                   if line["logger"] == "pagelane.worker" and line["message"].startswith("item ")]
     assert len(item_lines) >= 3
     assert all(line.get("item_id") and line.get("task_id") for line in item_lines)
+
+    # Beat's too, from its first line: no start-up banner in JSON mode.
+    beat_lines = [line for line in beat.log().splitlines() if line.strip()]
+    assert beat_lines and all(line.startswith("{") for line in beat_lines), beat.log()[:2000]
+    assert any(json.loads(line)["logger"] == "celery.beat" for line in beat_lines)
 
 
 # --- readiness ---------------------------------------------------------------------------------
