@@ -12,7 +12,7 @@ APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd tesseract-ocr-
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-deps run test test-fast test-api lint typecheck check bench \
-	bench-api bench-extract bench-fairness bench-throughput services clean
+	bench-api bench-extract bench-fairness bench-throughput bench-client services clean
 
 help: ## List every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -57,7 +57,7 @@ typecheck: install ## mypy
 
 check: lint typecheck ## lint + typecheck
 
-bench: bench-api bench-extract bench-fairness bench-throughput ## Every benchmark (prints ratios)
+bench: bench-api bench-extract bench-fairness bench-throughput bench-client ## Every benchmark (prints ratios)
 
 bench-api: install services ## API latency: 10,000-id submits, polling, bulk registration
 	$(BIN)/python -m bench.api
@@ -71,6 +71,9 @@ bench-fairness: install services ## Customer B's time-to-start behind A's 10,000
 
 bench-throughput: install services ## Pages/s through the whole system vs the bare engine
 	$(BIN)/python -m bench.throughput
+
+bench-client: install ## `pagelane run` on 500 PDFs vs the server alone (embedded stack)
+	$(BIN)/python bench/client_e2e.py
 
 clean: ## Remove the virtualenv, caches and the embedded data dir
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pagelane *.egg-info
