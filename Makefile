@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8080
 WORKERS ?= 2
-# System packages: Tesseract with the language packs the corpus needs.
+# System packages: Tesseract with the language packs the corpus needs; gcc and the Python
+# headers for gunicorn-h1c (gunicorn's C request parser), which is published as source only.
 APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd tesseract-ocr-fra \
-	tesseract-ocr-deu tesseract-ocr-nld tesseract-ocr-chi-sim
+	tesseract-ocr-deu tesseract-ocr-nld tesseract-ocr-chi-sim gcc python3-dev
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-deps run test test-fast test-api lint typecheck check bench \
