@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8080
 WORKERS ?= 2
-# System packages: Tesseract with the language packs the corpus needs; gcc and the Python
-# headers for gunicorn-h1c (gunicorn's C request parser), which is published as source only.
+# System packages: Tesseract with the language packs the corpus needs (the image has the same).
 APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd tesseract-ocr-fra \
-	tesseract-ocr-deu tesseract-ocr-nld tesseract-ocr-chi-sim gcc python3-dev
+	tesseract-ocr-deu tesseract-ocr-nld tesseract-ocr-chi-sim
+# Only to build gunicorn-h1c (gunicorn's C request parser), which is published as source only.
+BUILD_PACKAGES := gcc python3-dev
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-deps run test test-fast test-api lint typecheck check bench \
@@ -19,8 +20,8 @@ help: ## List every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-system-deps: ## apt-get install Tesseract and language packs (when missing and apt is usable)
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+system-deps: ## apt-get install Tesseract, language packs and a C compiler (when missing and apt is usable)
+	@missing=$$(for p in $(APT_PACKAGES) $(BUILD_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
