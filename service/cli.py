@@ -224,24 +224,37 @@ def worker(concurrency: int, queues: str, loglevel: str, hostname: str | None) -
     # In this, the parent process, before the pool forks: one endpoint adds up every child's
     # files. The children inherit the listening socket but never serve it.
     metrics.start_worker_metrics_server(settings.worker_metrics_port)
-    argv = [
+    argv = celery_worker_argv(
+        concurrency=concurrency,
+        queues=queues,
+        loglevel=loglevel,
+        hostname=hostname,
+        quiet=logs.uses_json(settings.log_format),
+    )
+    try:
+        app.worker_main(argv=argv)
+    finally:
+        if created_metrics_dir is not None:
+            shutil.rmtree(created_metrics_dir, ignore_errors=True)
+
+
+def celery_worker_argv(
+    *, concurrency: int, queues: str, loglevel: str, hostname: str | None, quiet: bool
+) -> list[str]:
+    """The `celery worker` arguments of every Pagelane worker (bench/celery_floor.py runs its
+    no-op worker with the same ones)."""
+    return [
         # Celery's start-up banner is for people at a terminal; in JSON mode it would be the
         # only lines a log shipper cannot parse (the connection and "ready" are logged).
-        *(["--quiet"] if logs.uses_json(settings.log_format) else []),
+        *(["--quiet"] if quiet else []),
         "worker",
         f"--concurrency={concurrency}",
         f"--queues={queues}",
         f"--loglevel={loglevel}",
         "--without-mingle",
         "--without-gossip",
+        *([f"--hostname={hostname}"] if hostname else []),
     ]
-    if hostname:
-        argv.append(f"--hostname={hostname}")
-    try:
-        app.worker_main(argv=argv)
-    finally:
-        if created_metrics_dir is not None:
-            shutil.rmtree(created_metrics_dir, ignore_errors=True)
 
 
 @main.command()
