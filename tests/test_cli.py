@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -73,11 +74,8 @@ def test_bad_configuration_is_a_clear_error(cli_env: dict[str, str]) -> None:
     assert "PAGELANE_S3_BUCKET" in result.stderr
 
 
-@pytest.mark.slow
-def test_up_serves_a_batch_and_stops_cleanly(cli_env: dict[str, str], tmp_path: Path) -> None:
-    """`make run`'s command: embedded Redis, SQLite, local blobs, API, worker and beat."""
-    port = free_port()
-    process = subprocess.Popen(
+def _start_up(cli_env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "service.cli", "up", "--port", str(port), "--workers", "1"],
         env=cli_env,
         cwd=REPO,
@@ -86,7 +84,62 @@ def test_up_serves_a_batch_and_stops_cleanly(cli_env: dict[str, str], tmp_path: 
         text=True,
         start_new_session=True,
     )
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` (each role runs in its own process group): pid -> argv."""
+    found: dict[int, str] = {}
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            try:
+                argv = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            found[child] = argv.replace(b"\0", b" ").decode()
+            pending.append(child)
+    return found
+
+
+def _alive(pids: dict[int, str]) -> dict[int, str]:
+    alive = {}
+    for pid, argv in pids.items():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive[pid] = argv
+    return alive
+
+
+def _stopped(process: subprocess.Popen[str], started: dict[int, str], timeout: float) -> str:
+    """``up``'s output once it has exited; fails, naming what still runs, if it does not."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        left = _alive(started)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.kill()
+        tail = (exc.output or b"")[-3000:]
+        pytest.fail(f"up did not stop within {timeout} s; still running: {left}\n{tail!r}")
+    return output
+
+
+@pytest.mark.slow
+def test_up_serves_a_batch_and_stops_cleanly(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """`make run`'s command: embedded Redis, SQLite, local blobs, API, worker and beat."""
+    port = free_port()
+    process = _start_up(cli_env, port)
     api = f"http://127.0.0.1:{port}"
+    started: dict[int, str] = {}
     try:
         wait_for(lambda: _ready(api), 90, 0.5, "pagelane up to be ready")
         key = (tmp_path / "data" / "dev_api_key").read_text().strip()
@@ -112,13 +165,37 @@ def test_up_serves_a_batch_and_stops_cleanly(cli_env: dict[str, str], tmp_path: 
         ).json()
         assert "The Crazy Ones" in " ".join(c["page_content"] for c in result["chunks"])
     finally:
+        started = _descendants(process.pid)
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+        output = _stopped(process, started, timeout=60)
     assert "Pagelane is up." in output and "dev key:" in output
-    # Every child (Redis, gunicorn, worker, beat) is gone with it.
-    time.sleep(1)
-    leftovers = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == ""
+    # Redis, gunicorn and its workers, the worker and its pool, beat.
+    assert len(started) >= 7, started
+    assert _alive(started) == {}
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_kills_what_the_first_is_waiting_for(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    process = _start_up(cli_env, port)
+    started: dict[int, str] = {}
+    try:
+        wait_for(lambda: _ready(f"http://127.0.0.1:{port}"), 90, 0.5, "pagelane up to be ready")
+        started = _descendants(process.pid)
+        (beat,) = [pid for pid, argv in started.items() if "service.cli beat" in argv]
+        # A role that does not stop: the first Ctrl-C would give it its 30 s grace.
+        os.kill(beat, signal.SIGSTOP)
+        process.send_signal(signal.SIGINT)
+        time.sleep(1)
+        begun = time.monotonic()
+        process.send_signal(signal.SIGINT)
+    finally:
+        output = _stopped(process, started, timeout=60)
+    assert time.monotonic() - begun < 10
+    assert "killing..." in output
+    assert _alive(started) == {}
 
 
 def _ready(api: str) -> bool:
