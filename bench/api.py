@@ -27,11 +27,11 @@ from typing import Any
 import psycopg
 import redis
 
-from service.app import create_app
+from service.api.app import create_app
 from service.db import make_engine
 from service.migrate import upgrade
 from service.settings import load_settings
-from service.uploads import input_key
+from service.storage import input_key
 from tests.conftest import build_context, new_customer_key
 
 REPO = Path(__file__).resolve().parents[1]

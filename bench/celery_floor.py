@@ -26,7 +26,7 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from service.cli import celery_worker_argv
+from service.cli.roles import celery_worker_argv
 from service.settings import Settings, load_settings
 from service.storage import BlobStore, make_blob_store
 from tasks.app import make_celery

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import redis
 
-from service.app import create_app
+from service.api.app import create_app
 from service.db import make_engine
 from service.migrate import upgrade
 from service.settings import load_settings

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ocr.config import EngineConfig
-from ocr.engine import Probe, extract, probe
 from ocr.errors import (
     CorruptDocumentError,
     DocumentTooLargeError,
@@ -25,6 +24,7 @@ from ocr.errors import (
     UnsupportedInputError,
     UnsupportedLanguageError,
 )
+from ocr.pipeline import Probe, extract, probe
 from ocr.result import DEFAULT_OPTIONS, normalize_options
 from ocr.tesseract import available_languages as _available_languages
 from ocr.tesseract import validate_languages as _validate_languages

@@ -1,4 +1,4 @@
-"""The OCR provider interface, the null provider and the factory.
+"""The OCR provider interface and the null provider (``ocr.pipeline`` picks the implementation).
 
 A provider turns one page image into text blocks with pixel bboxes. The engine renders pages,
 maps the pixel boxes back to points and builds chunks; providers know nothing about PDFs.
@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
-
-from ocr.config import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -60,16 +58,3 @@ class NullProvider:
 
     def close(self) -> None:
         pass
-
-
-def make_provider(config: EngineConfig) -> OCRProvider:
-    """The provider named by ``config.provider``."""
-    if config.provider == "null":
-        return NullProvider()
-    if config.provider == "http":
-        from ocr.http_provider import HttpProvider
-
-        return HttpProvider(config)
-    from ocr.tesseract import TesseractProvider
-
-    return TesseractProvider(config)

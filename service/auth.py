@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
-from werkzeug.datastructures import Headers
 
 from service.clock import utcnow
 from service.ids import new_id
@@ -88,13 +86,3 @@ def authenticate(db: Session | Connection, key: str) -> Principal | None:
         return None
     row = db.execute(_LIVE_KEY, {"key_hash": hash_key(key)}).first()
     return Principal(customer_id=row.customer_id, key_id=row.id) if row else None
-
-
-def key_from_headers(headers: Mapping[str, str] | Headers) -> str:
-    key = headers.get("X-API-KEY") or ""
-    if not key:
-        auth = headers.get("Authorization") or ""
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer":
-            key = value.strip()
-    return key.strip()

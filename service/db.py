@@ -152,7 +152,3 @@ def transaction(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     with session_factory() as session, session.begin():
         session.connection(execution_options={WRITES: True})
         yield session
-
-
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"

@@ -137,7 +137,7 @@ class Batch(Base):
     count_failed: Mapped[int] = mapped_column(Integer, default=0)
     count_cancelled: Mapped[int] = mapped_column(Integer, default=0)
     pages_billed: Mapped[int] = mapped_column(BigInteger, default=0)
-    # Highest change number handed to one of this batch's items; see service/batches.py.
+    # Highest change number handed to one of this batch's items; see service/lifecycle.py.
     change_seq: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)

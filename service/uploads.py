@@ -20,9 +20,8 @@ from sqlalchemy.orm import Session
 from service.clock import isoformat, utcnow
 from service.ids import new_id
 from service.models import File, FileStatus
-from service.schemas import CreateFile
 from service.settings import Settings
-from service.storage import BlobStore
+from service.storage import BlobStore, input_key
 
 # Above this many unseen files, list the prefix instead of one HEAD per file.
 HEAD_LIMIT = 16
@@ -31,16 +30,17 @@ LIST_RUN = 1000
 LIST_THREADS = 8
 
 
-def input_key(customer_id: str, file_id: str) -> str:
-    return f"{customer_id}/inputs/{file_id}"
+class UploadRequest(Protocol):
+    """What registering one upload needs (the API's ``CreateFile`` body is one)."""
 
-
-def input_prefix(customer_id: str) -> str:
-    return f"{customer_id}/inputs/"
-
-
-def result_key(customer_id: str, batch_id: str, item_id: str) -> str:
-    return f"{customer_id}/results/{batch_id}/{item_id}.json"
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def filename(self) -> str | None: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def sha256(self) -> str | None: ...
 
 
 def register_files(
@@ -48,7 +48,7 @@ def register_files(
     store: BlobStore,
     settings: Settings,
     customer_id: str,
-    requests: Sequence[CreateFile],
+    requests: Sequence[UploadRequest],
 ) -> list[tuple[File, dict[str, Any]]]:
     """Insert the file rows and presign one PUT each; returns (row, upload instructions)."""
     now = utcnow()

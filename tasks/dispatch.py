@@ -15,12 +15,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import redis
+from celery import Celery
 from sqlalchemy import DateTime, Integer, Update, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.clock import utcnow
 from service.db import transaction
 from service.models import Customer, Item, ItemStatus
+from service.settings import Settings
+from tasks.app import PROCESS_ITEM, QUEUE_ITEMS
 from tasks.semaphore import CustomerSemaphore
 
 log = logging.getLogger("pagelane.dispatch")
@@ -150,6 +154,34 @@ class Dispatcher:
                 .values(admitted_at=None)
                 .execution_options(synchronize_session=False)
             )
+
+
+def make_state_redis(settings: Settings) -> redis.Redis:
+    """The Redis client of the semaphores (and the API's readiness probe); the broker keeps its
+    own connections."""
+    return redis.Redis.from_url(
+        settings.require_redis(),
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=10,
+        retry_on_timeout=True,
+    )
+
+
+def make_dispatcher(
+    session_factory: sessionmaker[Session], state: redis.Redis, celery: Celery, settings: Settings
+) -> Dispatcher:
+    """The dispatcher of the API and of every worker process: items are published to Celery."""
+
+    def publish(item_id: str) -> None:
+        celery.send_task(PROCESS_ITEM, args=[item_id], queue=QUEUE_ITEMS)
+
+    return Dispatcher(
+        session_factory=session_factory,
+        semaphore=CustomerSemaphore(state),
+        publish=publish,
+        admission_lease_seconds=settings.admission_lease_seconds,
+    )
 
 
 def _mark_oldest_statement() -> Update:

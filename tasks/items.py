@@ -14,39 +14,52 @@ it back to pending (or fails it with ``internal_error`` at the attempt cap).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import hashlib
 import json
 import logging
 import random
 import secrets
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
 
 import ocr
-from service import batches as lifecycle
-from service import logs, metrics
+from service import lifecycle, logs, metrics
 from service.billing import release_pages, reserve_pages, settle_pages
 from service.clock import utcnow
-from service.context import ServiceContext
 from service.db import transaction
-from service.engine import ocr_config
+from service.extraction import ocr_config
 from service.models import Batch, Customer, File, Item, ItemStatus
-from service.storage import BlobNotFoundError, BlobTooLargeError
-from service.uploads import result_key
+from service.storage import BlobNotFoundError, BlobTooLargeError, result_key
+from tasks.context import TaskContext
+from tasks.lease import LeaseLostError, fenced
 
 log = logging.getLogger("pagelane.items")
 
 
-class LeaseLostError(Exception):
-    """The item is no longer ours (cancelled, or reclaimed after our lease ran out)."""
+class Outcome(StrEnum):
+    """How one run of an item's task ended (the worker logs it; tests assert it)."""
+
+    #: nothing to claim: a duplicate message, a cancelled item, or one past its attempt cap
+    SKIPPED = "skipped"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    #: a transient failure: back to pending, admitted again once its retry time has come
+    RETRYING = "retrying"
+    #: the item was taken back while we worked (cancelled, or our lease ran out)
+    LEASE_LOST = "lease_lost"
+
+
+class Reservation(StrEnum):
+    """The outcome of holding a document's pages against the customer's quota."""
+
+    RESERVED = "reserved"
+    OVER_QUOTA = "over_quota"
+    LEASE_LOST = "lease_lost"
 
 
 @dataclass
@@ -86,12 +99,12 @@ class Failure:
     transient: bool = False
 
 
-def process_item(ctx: ServiceContext, item_id: str) -> str:
+def process_item(ctx: TaskContext, item_id: str) -> Outcome:
     """Run one item to an outcome; returns what happened (for logs and tests)."""
     with logs.log_context(item_id=item_id):
         claim = claim_item(ctx, item_id)
         if claim is None:
-            return "skipped"
+            return Outcome.SKIPPED
         with logs.log_context(batch_id=claim.batch_id, customer_id=claim.customer_id):
             try:
                 outcome = _work(ctx, claim)
@@ -104,7 +117,7 @@ def process_item(ctx: ServiceContext, item_id: str) -> str:
         return outcome
 
 
-def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
+def claim_item(ctx: TaskContext, item_id: str) -> Claim | None:
     settings = ctx.settings
     semaphore = ctx.dispatcher.semaphore
     now = utcnow()
@@ -187,7 +200,7 @@ def claim_item(ctx: ServiceContext, item_id: str) -> Claim | None:
     )
 
 
-def _work(ctx: ServiceContext, claim: Claim) -> str:
+def _work(ctx: TaskContext, claim: Claim) -> Outcome:
     settings = ctx.settings
     store = ctx.blob_store
     assert store is not None
@@ -221,10 +234,10 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
         except ocr.errors.ExtractionError as exc:
             return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient))
         held = _reserve(ctx, claim, pages)
-        if held == "quota":
+        if held == Reservation.OVER_QUOTA:
             return _fail_for_quota(ctx, claim)
-        if held == "lease_lost":
-            return held
+        if held == Reservation.LEASE_LOST:
+            return Outcome.LEASE_LOST
         reserved = pages
 
     started = time.perf_counter()
@@ -239,7 +252,7 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
                 file_id=claim.file_id,
             )
     except LeaseLostError:
-        return "lease_lost"
+        return Outcome.LEASE_LOST
     except ocr.errors.ExtractionError as exc:
         return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient), reserved)
     except Exception:
@@ -256,159 +269,9 @@ def _work(ctx: ServiceContext, claim: Claim) -> str:
     outcome = _succeed(
         ctx, claim, key, result["page_count"], result["pages_billed"], reserved, digest
     )
-    if outcome == "succeeded":
+    if outcome == Outcome.SUCCEEDED:
         metrics.record_pages(result)
     return outcome
-
-
-class LeaseKeeper:
-    """One thread per process renews the leases of the items the process is extracting.
-
-    A lease must not wait for page boundaries (one OCR page can take a minute), so a thread
-    renews it every quarter lease. The thread lives as long as the process: starting and
-    joining one for every item cost a one-page item about 1 ms (py-spy of the worker children:
-    9 % of their time in ``Thread.start``/``join``, waiting for the new thread to be scheduled).
-    Idle, it sleeps; an item's first renewal is a quarter lease after it starts.
-    """
-
-    def __init__(self, ctx: ServiceContext) -> None:
-        self._ctx = ctx
-        self._interval = max(0.5, ctx.settings.lease_seconds / 4)
-        self._changed = threading.Condition()
-        self._due: dict[Heartbeat, float] = {}  # monotonic time of each one's next renewal
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    @contextlib.contextmanager
-    def keeping(self, claim: Claim) -> Iterator[Heartbeat]:
-        """Renew ``claim``'s lease until the block ends; no renewal runs after it has ended."""
-        heartbeat = Heartbeat(self._ctx, claim)
-        with self._changed:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="lease-keeper", daemon=True
-                )
-                self._thread.start()
-            self._due[heartbeat] = time.monotonic() + self._interval
-            self._changed.notify()
-        try:
-            yield heartbeat
-        finally:
-            with self._changed:
-                del self._due[heartbeat]
-            # A renewal in progress finishes first: one that ran after the finish would take
-            # the slot back in Redis that the finish is about to hand to the next item.
-            heartbeat.stop()
-
-    def close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                while True:
-                    if self._closed:
-                        return
-                    now = time.monotonic()
-                    due = [beat for beat, at in self._due.items() if at <= now]
-                    if due:
-                        break
-                    next_at = min(self._due.values(), default=now + self._interval)
-                    self._changed.wait(next_at - now)
-                for heartbeat in due:
-                    self._due[heartbeat] = now + self._interval
-            for heartbeat in due:
-                heartbeat.renew()
-
-
-class Heartbeat:
-    """One item's lease renewals and progress, driven by the :class:`LeaseKeeper`'s thread.
-
-    The engine calls :meth:`on_page` after each page; that is where a lost lease (the item was
-    taken back after we stalled) stops the extraction, by raising :class:`LeaseLostError`
-    through the engine.
-    """
-
-    def __init__(self, ctx: ServiceContext, claim: Claim) -> None:
-        self._ctx = ctx
-        self._claim = claim
-        self._pages_done = 0
-        self._page_count: int | None = None
-        self._published = 0
-        self._lost = threading.Event()
-        self._renewing = threading.Lock()
-        self._stopped = False
-        # Renewals run in a copy of the caller's context: their log lines name the item too.
-        self._log_context = contextvars.copy_context()
-
-    def on_page(self, pages_done: int, page_count: int) -> None:
-        self._page_count = page_count
-        self._pages_done = pages_done
-        if self._lost.is_set():
-            raise LeaseLostError(self._claim.item_id)
-
-    def renew(self) -> None:
-        with self._renewing:
-            if self._stopped or self._lost.is_set():
-                return
-            try:
-                self._log_context.run(self.beat)
-            except LeaseLostError:
-                self._lost.set()
-            except Exception:  # a database or Redis hiccup: the next renewal tries again
-                log.warning("heartbeat of %s failed", self._claim.item_id, exc_info=True)
-
-    def stop(self) -> None:
-        with self._renewing:
-            self._stopped = True
-
-    def beat(self) -> None:
-        settings = self._ctx.settings
-        now = utcnow()
-        expires = now + timedelta(seconds=settings.lease_seconds)
-        pages_done = self._pages_done
-        with transaction(self._ctx.session_factory) as session:
-            if pages_done == self._published:
-                # Only the lease moves: not a visible change, so no batch lock or change number.
-                renewed = session.connection().execute(
-                    update(Item)
-                    .where(
-                        Item.id == self._claim.item_id,
-                        Item.status == ItemStatus.RUNNING,
-                        Item.lease_token == self._claim.lease_token,
-                    )
-                    .values(lease_expires_at=expires)
-                    .execution_options(synchronize_session=False)
-                ).rowcount
-                if not renewed:
-                    raise LeaseLostError(self._claim.item_id)
-            else:
-                try:
-                    lifecycle.move_item(
-                        session,
-                        batch_id=self._claim.batch_id,
-                        item_id=self._claim.item_id,
-                        from_status=ItemStatus.RUNNING,
-                        to_status=ItemStatus.RUNNING,
-                        now=now,
-                        **_fenced(self._claim),
-                        pages_done=pages_done,
-                        page_count=self._page_count,
-                        lease_expires_at=expires,
-                    )
-                except lifecycle.ItemNotMovedError as exc:
-                    raise LeaseLostError(self._claim.item_id) from exc
-                self._published = pages_done
-        # acquire, not renew: it extends our slot and, if Redis lost it (a restart), takes
-        # it back, so the semaphore again reflects what runs.
-        self._ctx.dispatcher.semaphore.acquire(
-            self._claim.customer_id,
-            self._claim.item_id,
-            cap=self._claim.cap,
-            lease_seconds=settings.lease_seconds,
-        )
 
 
 # The hot statements, built once: building a statement cost SQLAlchemy more than running it
@@ -441,23 +304,15 @@ _RECORD_SHA256 = (
     .execution_options(synchronize_session=False)
 )
 _ADMITTED = (Item.admitted_at.is_not(None),)
-# The item is still ours while it carries our lease token (with ``running``).
-_FENCE = (Item.lease_token == bindparam("p_lease_token"),)
 _ONE_MORE_ATTEMPT = Item.attempts + 1
 _FIRST_START = func.coalesce(Item.started_at, lifecycle.NOW)
 
 
-def _fenced(claim: Claim) -> dict[str, Any]:
-    """The arguments of a move that only the lease holder may make."""
-    return {"where": _FENCE, "params": {"p_lease_token": claim.lease_token}}
-
-
-def _reserve(ctx: ServiceContext, claim: Claim, pages: int) -> str:
-    """Hold the document's pages against the customer's quota: "reserved", "quota" (it cannot
-    cover them) or "lease_lost"."""
+def _reserve(ctx: TaskContext, claim: Claim, pages: int) -> Reservation:
+    """Hold the document's pages against the customer's quota."""
     with transaction(ctx.session_factory) as session:
         if not reserve_pages(session, claim.customer_id, pages):
-            return "quota"
+            return Reservation.OVER_QUOTA
         held = session.connection().execute(
             update(Item)
             .where(
@@ -470,19 +325,19 @@ def _reserve(ctx: ServiceContext, claim: Claim, pages: int) -> str:
         ).rowcount
         if not held:
             release_pages(session, claim.customer_id, pages)
-            return "lease_lost"
+            return Outcome.LEASE_LOST
     return "reserved"
 
 
 def _succeed(
-    ctx: ServiceContext,
+    ctx: TaskContext,
     claim: Claim,
     key: str,
     page_count: int,
     pages: int,
     reserved: int,
     digest: str,
-) -> str:
+) -> Outcome:
     now = utcnow()
     try:
         with transaction(ctx.session_factory) as session:
@@ -493,7 +348,7 @@ def _succeed(
                 from_status=ItemStatus.RUNNING,
                 to_status=ItemStatus.SUCCEEDED,
                 now=now,
-                **_fenced(claim),
+                **fenced(claim),
                 pages_billed=pages,
                 page_count=page_count,
                 pages_done=page_count,
@@ -530,13 +385,13 @@ def _succeed(
                 )
             admitted = ctx.dispatcher.mark_admitted(session, claim.customer_id, cap=claim.cap)
     except lifecycle.ItemNotMovedError:
-        return "lease_lost"
+        return Outcome.LEASE_LOST
     claim.handoff.admitted = admitted
     metrics.item_finished("succeeded")
-    return "succeeded"
+    return Outcome.SUCCEEDED
 
 
-def _fail(ctx: ServiceContext, claim: Claim, failure: Failure, reserved: int = 0) -> str:
+def _fail(ctx: TaskContext, claim: Claim, failure: Failure, reserved: int = 0) -> Outcome:
     """The item failed (``reserved`` pages go back to the quota), or waits for an OCR retry."""
     settings = ctx.settings
     now = utcnow()
@@ -561,7 +416,7 @@ def _fail(ctx: ServiceContext, claim: Claim, failure: Failure, reserved: int = 0
                     from_status=ItemStatus.RUNNING,
                     to_status=ItemStatus.PENDING,
                     now=now,
-                    **_fenced(claim),
+                    **fenced(claim),
                     ocr_failures=claim.ocr_failures + 1,
                     retry_at=now + timedelta(seconds=delay),
                     **common,
@@ -578,7 +433,7 @@ def _fail(ctx: ServiceContext, claim: Claim, failure: Failure, reserved: int = 0
                     from_status=ItemStatus.RUNNING,
                     to_status=ItemStatus.FAILED,
                     now=now,
-                    **_fenced(claim),
+                    **fenced(claim),
                     completed_at=now,
                     ocr_failures=claim.ocr_failures + int(failure.transient),
                     error_code=failure.code,
@@ -588,15 +443,16 @@ def _fail(ctx: ServiceContext, claim: Claim, failure: Failure, reserved: int = 0
             release_pages(session, claim.customer_id, reserved)
             admitted = ctx.dispatcher.mark_admitted(session, claim.customer_id, cap=claim.cap)
     except lifecycle.ItemNotMovedError:
-        return "lease_lost"
+        return Outcome.LEASE_LOST
     claim.handoff.admitted = admitted
     if retry:
-        return "retrying"
+        return Outcome.RETRYING
     metrics.item_finished("failed", failure.code)
-    return f"failed:{failure.code}"
+    log.info("item %s failed: %s (%s)", claim.item_id, failure.code, failure.message)
+    return Outcome.FAILED
 
 
-def _fail_for_quota(ctx: ServiceContext, claim: Claim) -> str:
+def _fail_for_quota(ctx: TaskContext, claim: Claim) -> Outcome:
     """This item and every pending item of the customer fail with payment_required."""
     outcome = _fail(
         ctx, claim, Failure("payment_required", "the page quota cannot cover this document")

@@ -14,23 +14,22 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
 
-from service import batches as lifecycle
-from service import metrics
+from service import lifecycle, metrics
 from service.billing import release_pages
-from service.context import ServiceContext
 from service.db import transaction
 from service.models import File, FileStatus, IdempotencyKey, Item, ItemStatus
+from tasks.context import TaskContext
 from tasks.dispatch import customer_cap
 
 log = logging.getLogger("pagelane.sweeps")
 
 BATCH_SIZE = 500
 
-# A move's condition, built once (service.batches.move_item).
+# A move's condition, built once (service.lifecycle.move_item).
 _LEASE_EXPIRED = (Item.lease_expires_at < bindparam("p_expired_before"),)
 
 
-def requeue_stale_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+def requeue_stale_items(ctx: TaskContext, now: datetime) -> dict[str, int]:
     """Running items whose lease ran out (their worker died): back to pending, or give up."""
     settings = ctx.settings
     counts = {"requeued": 0, "failed": 0}
@@ -93,7 +92,7 @@ def requeue_stale_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
     return counts
 
 
-def redispatch_lost_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+def redispatch_lost_items(ctx: TaskContext, now: datetime) -> dict[str, int]:
     """Admitted items not started within the bound: their message was lost; publish again.
 
     A duplicate message is harmless (the claim is conditional), a lost one would strand the
@@ -144,7 +143,7 @@ def redispatch_lost_items(ctx: ServiceContext, now: datetime) -> dict[str, int]:
     return {"republished": republished}
 
 
-def expire_uploads(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+def expire_uploads(ctx: TaskContext, now: datetime) -> dict[str, int]:
     """Never-uploaded files past their window → expired; their pending items → upload_missing."""
     with transaction(ctx.session_factory) as session:
         statement = (
@@ -165,7 +164,7 @@ def expire_uploads(ctx: ServiceContext, now: datetime) -> dict[str, int]:
     return {"files_expired": len(file_ids), "items_failed": failed}
 
 
-def _fail_pending_items_of_files(ctx: ServiceContext, file_ids: list[str], now: datetime) -> int:
+def _fail_pending_items_of_files(ctx: TaskContext, file_ids: list[str], now: datetime) -> int:
     with ctx.session_factory() as session:
         batch_ids = sorted(
             set(
@@ -195,7 +194,7 @@ def _fail_pending_items_of_files(ctx: ServiceContext, file_ids: list[str], now: 
     return failed
 
 
-def delete_expired_blobs(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+def delete_expired_blobs(ctx: TaskContext, now: datetime) -> dict[str, int]:
     """Inputs past retention from upload and results past retention from completion."""
     store = ctx.blob_store
     if store is None:
@@ -239,19 +238,19 @@ def delete_expired_blobs(ctx: ServiceContext, now: datetime) -> dict[str, int]:
     return {"inputs": len(inputs), "results": len(results)}
 
 
-def prune_idempotency_keys(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+def prune_idempotency_keys(ctx: TaskContext, now: datetime) -> dict[str, int]:
     cutoff = now - timedelta(hours=ctx.settings.idempotency_hours)
     with transaction(ctx.session_factory) as session:
         result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
     return {"pruned": int(result.rowcount or 0)}  # type: ignore[attr-defined]
 
 
-def dispatch_pending(ctx: ServiceContext, now: datetime) -> dict[str, int]:
+def dispatch_pending(ctx: TaskContext, now: datetime) -> dict[str, int]:
     """The backstop tick: admit whatever can be admitted (retries whose wait is over, too)."""
     return {"admitted": ctx.dispatcher.admit_all()}
 
 
-def _skip_locked(ctx: ServiceContext, statement: Any) -> Any:
+def _skip_locked(ctx: TaskContext, statement: Any) -> Any:
     """Postgres: lock the rows taken and skip those a concurrent sweep holds (SQLite has one
     writer at a time anyway)."""
     if ctx.engine.dialect.name == "postgresql":

@@ -1,6 +1,6 @@
 """The worker-side Celery app: registers the item task and the sweeps.
 
-Each worker child builds its own ServiceContext after fork (``worker_process_init``): database
+Each worker child builds its own TaskContext after fork (``worker_process_init``): database
 connections and Redis sockets must never be shared across processes.
 
 Logging is ours, not Celery's (``setup_logging``: structured lines, service/logs.py), and every
@@ -19,9 +19,9 @@ from celery import Celery, signals
 
 from service import logs, metrics
 from service.clock import utcnow
-from service.context import ServiceContext, make_context
 from service.settings import Settings
 from tasks.app import PROCESS_ITEM, make_celery
+from tasks.context import TaskContext, make_task_context
 from tasks.items import process_item
 from tasks.sweeps import SWEEPS
 
@@ -34,12 +34,12 @@ class WorkerState:
     def __init__(self, settings: Settings, celery: Celery) -> None:
         self.settings = settings
         self.celery = celery
-        self._context: ServiceContext | None = None
+        self._context: TaskContext | None = None
 
     @property
-    def context(self) -> ServiceContext:
+    def context(self) -> TaskContext:
         if self._context is None:
-            self._context = make_context(self.settings, celery=self.celery)
+            self._context = make_task_context(self.settings, self.celery)
         return self._context
 
     def reset_after_fork(self, **_: Any) -> None:

@@ -20,10 +20,11 @@ import redis
 from sqlalchemy import text
 
 from service.auth import create_api_key, get_or_create_customer
-from service.context import ServiceContext, make_context
 from service.db import make_engine, transaction
 from service.migrate import upgrade
 from service.settings import Settings, load_settings
+from tasks.app import make_celery
+from tasks.context import TaskContext, make_task_context
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -167,15 +168,17 @@ def flush_redis(redis_url: str) -> Iterator[None]:
     client.close()
 
 
-def build_context(settings: Settings) -> ServiceContext:
-    ctx = make_context(settings)
+def build_context(settings: Settings) -> TaskContext:
+    """What task code and tests that drive it directly need: the core plus the dispatcher (it
+    publishes to Redis), built like a worker process's."""
+    ctx = make_task_context(settings, make_celery(settings))
     if ctx.blob_store is not None:
         ctx.blob_store.ensure_ready()
     return ctx
 
 
 def new_customer_key(
-    ctx: ServiceContext, name: str, *, quota: int | None = None, concurrency: int | None = None
+    ctx: TaskContext, name: str, *, quota: int | None = None, concurrency: int | None = None
 ) -> tuple[str, str]:
     """(customer_id, clear key) for a new customer."""
     with transaction(ctx.session_factory) as session:

@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.wrappers import Response as BaseResponse
 
 import ocr
-from service import batches as lifecycle
-from service import metrics
+from service import lifecycle, metrics
+from service.api.bodies import batch_body
 from service.api.common import (
     caller,
     json_response,
@@ -24,18 +24,8 @@ from service.api.common import (
     service,
     submission_rate_limited,
 )
-from service.clock import utcnow
-from service.db import transaction
-from service.errors import ApiError, not_found, validation_error
-from service.models import (
-    Batch,
-    Customer,
-    FileStatus,
-    IdempotencyKey,
-    Item,
-    ItemStatus,
-)
-from service.schemas import (
+from service.api.errors import ApiError, not_found, validation_error
+from service.api.schemas import (
     BatchList,
     BatchPath,
     BatchResource,
@@ -47,8 +37,17 @@ from service.schemas import (
     PollQuery,
     ResultQuery,
 )
+from service.clock import utcnow
+from service.db import transaction
+from service.models import (
+    Batch,
+    Customer,
+    FileStatus,
+    IdempotencyKey,
+    Item,
+    ItemStatus,
+)
 from service.uploads import load_file_states, refresh_uploads
-from service.views import batch_view
 
 tag = Tag(name="batches", description="Submit, poll, cancel and read results.")
 # How long a duplicate request waits for the first one with its Idempotency-Key to finish
@@ -119,7 +118,7 @@ def make_batches_blueprint() -> APIBlueprint:
             else None
         )
         return json_response(
-            {"object": "list", "data": [batch_view(b) for b in page], "next_cursor": next_cursor}
+            {"object": "list", "data": [batch_body(b) for b in page], "next_cursor": next_cursor}
         )
 
     @bp.get("/<batch_id>", responses=responses(BatchResource, 401, 404, 422))
@@ -147,7 +146,7 @@ def make_batches_blueprint() -> APIBlueprint:
                 )
             )
             batch, cancelled = lifecycle.cancel_batch(session, path.batch_id)
-            body = batch_view(batch)
+            body = batch_body(batch)
         metrics.item_finished("cancelled", "", cancelled)
         # Cancelled items that held a slot give it back; their queued messages find nothing
         # claimable and do nothing.
@@ -283,7 +282,7 @@ def _batch_response(
         if items
         else (cursor or lifecycle.item_cursor(after))
     )
-    return json_response(batch_view(batch, items, next_cursor))
+    return json_response(batch_body(batch, items, next_cursor))
 
 
 def _owned_batch_id(batch_id: str) -> None:

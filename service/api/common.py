@@ -9,18 +9,17 @@ from typing import Any, TypeVar, cast
 from flask import Response, current_app, g, jsonify
 from pydantic import BaseModel
 
+from service.api.context import ApiContext
+from service.api.errors import ApiError
+from service.api.schemas import ErrorResponse
 from service.auth import Principal
-from service.context import ServiceContext
-from service.errors import ApiError
-from service.ratelimit import SubmissionRateLimiter
-from service.schemas import ErrorResponse
 from service.storage import BlobStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def service() -> ServiceContext:
-    return cast(ServiceContext, current_app.extensions["pagelane"])
+def service() -> ApiContext:
+    return cast(ApiContext, current_app.extensions["pagelane"])
 
 
 def caller() -> Principal:
@@ -50,8 +49,7 @@ def submission_rate_limited(view: F) -> F:
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        limiter = cast(SubmissionRateLimiter, current_app.extensions["pagelane.ratelimit"])
-        decision = limiter.hit(caller().key_id)
+        decision = service().rate_limiter.hit(caller().key_id)
         g.rate_limit_headers = decision.headers()
         if not decision.allowed:
             raise ApiError(

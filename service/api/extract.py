@@ -7,13 +7,13 @@ from flask_openapi3 import APIBlueprint, Tag
 
 import ocr
 from service.api.common import caller, json_response, responses, service
+from service.api.errors import ApiError, validation_error
+from service.api.schemas import ExtractForm, ExtractionResult
 from service.billing import release_pages, reserve_pages, settle_pages
 from service.clock import utcnow
 from service.db import transaction
-from service.engine import ocr_config
-from service.errors import ApiError, validation_error
+from service.extraction import ocr_config
 from service.ids import new_id
-from service.schemas import ExtractForm, ExtractionResult
 
 tag = Tag(name="extract", description="Synchronous extraction of one document.")
 

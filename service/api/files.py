@@ -6,6 +6,7 @@ from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import select
 
+from service.api.bodies import file_body
 from service.api.common import (
     blob_store,
     caller,
@@ -14,18 +15,17 @@ from service.api.common import (
     service,
     submission_rate_limited,
 )
-from service.db import transaction
-from service.errors import ApiError, not_found
-from service.models import File
-from service.schemas import (
+from service.api.errors import ApiError, not_found
+from service.api.schemas import (
     CreateFile,
     CreateFilesBulk,
     FileList,
     FilePath,
     FileResource,
 )
+from service.db import transaction
+from service.models import File
 from service.uploads import refresh_uploads, register_files
-from service.views import file_view
 
 tag = Tag(name="files", description="Register uploads; bytes go straight to the blob store.")
 
@@ -61,7 +61,7 @@ def make_files_blueprint() -> APIBlueprint:
                 raise not_found("file")
             if ctx.blob_store is not None and refresh_uploads(session, ctx.blob_store, [file]):
                 session.refresh(file)
-            return json_response(file_view(file))
+            return json_response(file_body(file))
 
     return bp
 
@@ -80,4 +80,4 @@ def _register(requests: list[CreateFile]) -> list[dict]:
         )
     with transaction(ctx.session_factory) as session:
         registered = register_files(session, store, ctx.settings, caller().customer_id, requests)
-        return [file_view(file, upload) for file, upload in registered]
+        return [file_body(file, upload) for file, upload in registered]

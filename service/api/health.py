@@ -7,7 +7,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
 from service.api.common import json_response, service
-from service.schemas import HealthResponse
+from service.api.schemas import HealthResponse
 
 tag = Tag(name="health", description="Probes for orchestrators.")
 

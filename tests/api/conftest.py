@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from service.app import create_app
-from service.context import ServiceContext
+from service.api.app import create_app
+from tasks.context import TaskContext
 from service.settings import Settings
 from tests.conftest import build_context, new_customer_key, put_upload
 
@@ -56,7 +56,7 @@ class Tenant:
 @dataclass
 class ApiEnv:
     settings: Settings
-    ctx: ServiceContext
+    ctx: TaskContext
     client: FlaskClient
     backend: str
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from service import batches as lifecycle
+from service import lifecycle
 from service.clock import utcnow
-from service.context import ServiceContext
+from tasks.context import TaskContext
 from service.db import transaction
 from service.models import Customer, Item, ItemStatus
 from tests.api.conftest import PDF_BYTES, ApiEnv, Tenant
@@ -21,7 +21,7 @@ def _uploaded(tenant: Tenant, count: int) -> list[str]:
     return [tenant.upload(PDF_BYTES + str(n).encode()) for n in range(count)]
 
 
-def finish(ctx: ServiceContext, item_id: str, status: ItemStatus, **fields: Any) -> None:
+def finish(ctx: TaskContext, item_id: str, status: ItemStatus, **fields: Any) -> None:
     """Move an item the way a worker would (under the batch lock), without a worker."""
     now = utcnow()
     with transaction(ctx.session_factory) as session:
@@ -40,10 +40,10 @@ def finish(ctx: ServiceContext, item_id: str, status: ItemStatus, **fields: Any)
         )
 
 
-def succeed_with_result(ctx: ServiceContext, tenant: Tenant, batch_id: str, item_id: str) -> dict:
+def succeed_with_result(ctx: TaskContext, tenant: Tenant, batch_id: str, item_id: str) -> dict:
     from datetime import timedelta
 
-    from service.uploads import result_key
+    from service.storage import result_key
 
     result = {
         "object": "extraction",
@@ -336,7 +336,7 @@ def test_poller_sees_every_final_state_under_concurrent_writers(
 def _uploaded_fast(env: ApiEnv, tenant: Tenant, count: int) -> list[str]:
     """Register through the API, put the bytes through the store directly (faster)."""
     body = tenant.post("/v1/files/bulk", {"files": [{"size_bytes": 3}] * count}).get_json()
-    from service.uploads import input_key
+    from service.storage import input_key
 
     assert env.ctx.blob_store is not None
     for file in body["data"]:
@@ -488,7 +488,7 @@ def test_other_customers_see_nothing(api_env: ApiEnv, alice: Tenant) -> None:
 def test_submissions_are_rate_limited_per_key(
     make_settings, postgres_url, s3_server, flush_redis
 ) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
     from tests.api.conftest import Tenant
     from tests.conftest import TEST_BUCKET, build_context, new_customer_key, truncate_all
 

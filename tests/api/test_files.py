@@ -156,7 +156,7 @@ def test_unknown_route_uses_the_envelope(api_env: ApiEnv) -> None:
 
 
 def test_uploads_not_configured_is_503(make_settings, postgres_url, flush_redis) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
     from tests.conftest import build_context, new_customer_key, truncate_all
 
     truncate_all(postgres_url)

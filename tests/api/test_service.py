@@ -22,7 +22,7 @@ def test_probes(api_env: ApiEnv) -> None:
 
 
 def test_readyz_is_503_when_redis_is_unreachable(make_settings, postgres_url, flush_redis) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
     from tests.conftest import build_context, truncate_all
 
     truncate_all(postgres_url)
@@ -67,7 +67,7 @@ def test_openapi_document_is_generated_from_the_models(api_env: ApiEnv) -> None:
 
 
 def test_api_refuses_a_database_behind(make_settings, tmp_path) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
     from service.migrate import SchemaBehindError
 
     settings = make_settings(blob_store="local")  # a fresh SQLite file, never migrated
@@ -154,7 +154,7 @@ def test_sync_extract_limits_and_quota(api_env: ApiEnv) -> None:
 
 
 def test_sync_extract_page_limit(make_settings, postgres_url, s3_server, flush_redis) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
     from tests.api.conftest import Tenant
     from tests.conftest import build_context, new_customer_key, truncate_all
 
@@ -174,7 +174,7 @@ def test_api_accepts_a_database_ahead_of_it(make_settings) -> None:
     """Old API pods restarting after the migration job ran must keep working."""
     from sqlalchemy import text
 
-    from service.app import create_app
+    from service.api.app import create_app
     from service.db import make_engine
     from service.migrate import upgrade
 

@@ -31,7 +31,7 @@ import redis
 from sqlalchemy import func, select
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from service.app import create_app
+from service.api.app import create_app
 from service.context import ServiceContext
 from service.models import Batch, File
 from service.settings import Settings, load_settings

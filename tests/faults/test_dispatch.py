@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select, update
 
-from service.app import create_app
-from service.context import ServiceContext
+from service.api.app import create_app
+from tasks.context import TaskContext
 from service.db import transaction
 from service.models import Item
 from service.settings import Settings
@@ -24,7 +24,7 @@ def env(
     pg_s3_settings: Settings,
     sqlite_local_settings: Settings,
     flush_redis: None,
-) -> Iterator[tuple[ServiceContext, Tenant, list[str]]]:
+) -> Iterator[tuple[TaskContext, Tenant, list[str]]]:
     settings = pg_s3_settings if request.param == "postgres" else sqlite_local_settings
     ctx = build_context(settings)
     published: list[str] = []
@@ -35,7 +35,7 @@ def env(
     ctx.close()
 
 
-def admitted_positions(ctx: ServiceContext, customer_id: str) -> list[int]:
+def admitted_positions(ctx: TaskContext, customer_id: str) -> list[int]:
     with ctx.session_factory() as session:
         return sorted(
             session.scalars(
@@ -46,7 +46,7 @@ def admitted_positions(ctx: ServiceContext, customer_id: str) -> list[int]:
         )
 
 
-def test_admits_the_oldest_up_to_the_cap(env: tuple[ServiceContext, Tenant, list[str]]) -> None:
+def test_admits_the_oldest_up_to_the_cap(env: tuple[TaskContext, Tenant, list[str]]) -> None:
     ctx, tenant, published = env
     batch = tenant.submit([tenant.upload(PDF_BYTES + bytes([n])) for n in range(10)]).get_json()
     # The submit admitted; admitting again finds no free slot.
@@ -56,7 +56,7 @@ def test_admits_the_oldest_up_to_the_cap(env: tuple[ServiceContext, Tenant, list
 
 
 def test_racing_dispatchers_admit_the_cap_once(
-    env: tuple[ServiceContext, Tenant, list[str]],
+    env: tuple[TaskContext, Tenant, list[str]],
 ) -> None:
     ctx, tenant, published = env
     tenant.submit([tenant.upload(PDF_BYTES + bytes([n])) for n in range(10)])
@@ -89,7 +89,7 @@ def test_racing_dispatchers_admit_the_cap_once(
 
 
 def test_one_statement_marks_exactly_the_free_slots(
-    env: tuple[ServiceContext, Tenant, list[str]],
+    env: tuple[TaskContext, Tenant, list[str]],
 ) -> None:
     """The marking statement itself, not the slot check behind it, stops at the cap minus
     the items in flight."""
@@ -115,7 +115,7 @@ def test_one_statement_marks_exactly_the_free_slots(
 
 
 def test_a_cancel_between_read_and_lock_leaves_the_claim_with_nothing(
-    env: tuple[ServiceContext, Tenant, list[str]],
+    env: tuple[TaskContext, Tenant, list[str]],
 ) -> None:
     """The claim reads the item, then takes the batch lock; a cancel that commits in between
     must win, and the claim's counter changes must roll back with it."""

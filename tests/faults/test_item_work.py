@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import ocr
-from service.app import create_app
-from service.context import ServiceContext
+from service.api.app import create_app
+from tasks.context import TaskContext
 from service.settings import Settings
 from tasks.items import process_item
 from tests.api.conftest import Tenant
@@ -19,7 +19,7 @@ from tests.support.live import corpus_bytes
 
 
 @pytest.fixture
-def ctx(pg_s3_settings: Settings, flush_redis: None) -> Iterator[ServiceContext]:
+def ctx(pg_s3_settings: Settings, flush_redis: None) -> Iterator[TaskContext]:
     context = build_context(pg_s3_settings)
     context.dispatcher.publish = lambda item_id: None  # no workers here: keep messages out
     yield context
@@ -41,7 +41,7 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return seen
 
 
-def run_one_item(ctx: ServiceContext, quota: int | None) -> dict[str, Any]:
+def run_one_item(ctx: TaskContext, quota: int | None) -> dict[str, Any]:
     customer_id, key = new_customer_key(ctx, f"quota-{quota}", quota=quota)
     tenant = Tenant(create_app(ctx.settings, context=ctx).test_client(), customer_id, key)
     batch = tenant.submit([tenant.upload(corpus_bytes("digital-crazyones-1p.pdf"))]).get_json()
@@ -52,7 +52,7 @@ def run_one_item(ctx: ServiceContext, quota: int | None) -> dict[str, Any]:
 
 
 def test_an_unmetered_customers_document_is_opened_once(
-    ctx: ServiceContext, probes: list[int]
+    ctx: TaskContext, probes: list[int]
 ) -> None:
     body = run_one_item(ctx, quota=None)
     assert body["status"] == "completed" and body["pages_billed"] == 1
@@ -60,7 +60,7 @@ def test_an_unmetered_customers_document_is_opened_once(
 
 
 def test_a_metered_customers_document_is_probed_before_its_pages_are_reserved(
-    ctx: ServiceContext, probes: list[int]
+    ctx: TaskContext, probes: list[int]
 ) -> None:
     body = run_one_item(ctx, quota=10)
     assert body["status"] == "completed" and body["pages_billed"] == 1

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from service.app import create_app
-from service.context import ServiceContext
+from service.api.app import create_app
+from tasks.context import TaskContext
 from service.models import Item
 from service.settings import Settings, load_settings
 from tasks.items import Claim, claim_item
@@ -23,7 +23,7 @@ LEASE_SECONDS = 5  # the shortest allowed: renewed every 1.25 s
 
 
 @pytest.fixture
-def env(pg_s3_settings: Settings, flush_redis: None) -> Iterator[tuple[ServiceContext, Tenant]]:
+def env(pg_s3_settings: Settings, flush_redis: None) -> Iterator[tuple[TaskContext, Tenant]]:
     settings = load_settings(**{**pg_s3_settings.model_dump(), "lease_seconds": LEASE_SECONDS})
     ctx = build_context(settings)
     ctx.dispatcher.publish = lambda item_id: None  # no workers here: keep messages out
@@ -33,7 +33,7 @@ def env(pg_s3_settings: Settings, flush_redis: None) -> Iterator[tuple[ServiceCo
     ctx.close()
 
 
-def claims(ctx: ServiceContext, tenant: Tenant, count: int) -> list[Claim]:
+def claims(ctx: TaskContext, tenant: Tenant, count: int) -> list[Claim]:
     files = [tenant.upload(PDF_BYTES + bytes([n])) for n in range(count)]
     batch = tenant.submit(files).get_json()
     ctx.dispatcher.admit(tenant.customer_id)
@@ -42,7 +42,7 @@ def claims(ctx: ServiceContext, tenant: Tenant, count: int) -> list[Claim]:
     return [c for c in claimed if c is not None]
 
 
-def lease_ends(ctx: ServiceContext, items: list[Claim]) -> list[float]:
+def lease_ends(ctx: TaskContext, items: list[Claim]) -> list[float]:
     with ctx.session_factory() as session:
         rows = session.execute(
             select(Item.id, Item.lease_expires_at).where(Item.id.in_([c.item_id for c in items]))
@@ -56,7 +56,7 @@ def keeper_threads() -> int:
 
 
 def test_one_thread_renews_every_held_lease_and_stops_at_the_blocks_end(
-    env: tuple[ServiceContext, Tenant],
+    env: tuple[TaskContext, Tenant],
 ) -> None:
     ctx, tenant = env
     first, second = claims(ctx, tenant, 2)

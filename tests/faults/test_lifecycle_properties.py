@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy import func, select
 
-from service import batches as lifecycle
-from service.app import create_app
+from service import lifecycle
+from service.api.app import create_app
 from service.clock import utcnow
-from service.context import ServiceContext
+from tasks.context import TaskContext
 from service.db import transaction
 from service.models import Batch, BillingEntry, Customer, Item, ItemStatus
 from service.settings import Settings
@@ -36,7 +36,7 @@ TERMINAL = {ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED}
 
 
 class ItemLifecycle(RuleBasedStateMachine):
-    ctx: ServiceContext
+    ctx: TaskContext
     tenant: Tenant
 
     def __init__(self) -> None:
@@ -157,12 +157,12 @@ class ItemLifecycle(RuleBasedStateMachine):
             assert len(set(seqs)) == len(seqs) and max(seqs) <= batch.change_seq
 
 
-def _reserved(ctx: ServiceContext, claimed: Claim, pages: int) -> int:
+def _reserved(ctx: TaskContext, claimed: Claim, pages: int) -> int:
     """What the worker does between claim and extraction: the pages it holds afterwards."""
     return pages if _reserve(ctx, claimed, pages) == "reserved" else 0
 
 
-def _snapshot(ctx: ServiceContext, item_id: str) -> dict[str, Any]:
+def _snapshot(ctx: TaskContext, item_id: str) -> dict[str, Any]:
     with ctx.session_factory() as session:
         item = session.get(Item, item_id)
         assert item is not None
@@ -176,14 +176,14 @@ def _snapshot(ctx: ServiceContext, item_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def lifecycle_env(pg_s3_settings: Settings, flush_redis: None) -> Iterator[ServiceContext]:
+def lifecycle_env(pg_s3_settings: Settings, flush_redis: None) -> Iterator[TaskContext]:
     ctx = build_context(pg_s3_settings)
     ctx.dispatcher.publish = lambda item_id: None  # no workers: the machine plays them
     yield ctx
     ctx.close()
 
 
-def test_item_lifecycle_state_machine(lifecycle_env: ServiceContext) -> None:
+def test_item_lifecycle_state_machine(lifecycle_env: TaskContext) -> None:
     ItemLifecycle.ctx = lifecycle_env
     client = create_app(lifecycle_env.settings, context=lifecycle_env).test_client()
     ItemLifecycle.tenant = Tenant(client, "", "")

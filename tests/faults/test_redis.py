@@ -16,7 +16,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from service.app import create_app
+from service.api.app import create_app
 from service.models import Item, ItemStatus
 from service.settings import Settings
 from tests.conftest import build_context

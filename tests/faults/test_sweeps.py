@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from service.app import create_app
+from service.api.app import create_app
 from service.clock import utcnow
-from service.context import ServiceContext
+from tasks.context import TaskContext
 from service.db import transaction
 from service.models import File, FileStatus, Item, ItemStatus
 from service.settings import Settings
@@ -22,7 +22,7 @@ from tests.conftest import build_context, new_customer_key
 
 
 @pytest.fixture
-def env(pg_s3_settings: Settings, flush_redis: None) -> Iterator[tuple[ServiceContext, Tenant]]:
+def env(pg_s3_settings: Settings, flush_redis: None) -> Iterator[tuple[TaskContext, Tenant]]:
     ctx = build_context(pg_s3_settings)
     client = create_app(pg_s3_settings, context=ctx).test_client()
     customer_id, key = new_customer_key(ctx, "sweepy")
@@ -31,7 +31,7 @@ def env(pg_s3_settings: Settings, flush_redis: None) -> Iterator[tuple[ServiceCo
 
 
 def twice_at_once(
-    sweep: Callable[..., dict[str, int]], ctx: ServiceContext, now: Any
+    sweep: Callable[..., dict[str, int]], ctx: TaskContext, now: Any
 ) -> list[dict[str, int]]:
     results: list[dict[str, int]] = []
     barrier = threading.Barrier(2)
@@ -49,7 +49,7 @@ def twice_at_once(
 
 
 def test_t14_expire_uploads_exactly_where_due(
-    env: tuple[ServiceContext, Tenant], report: Callable[..., None]
+    env: tuple[TaskContext, Tenant], report: Callable[..., None]
 ) -> None:
     ctx, tenant = env
     due = [tenant.register(PDF_BYTES)["id"] for _ in range(30)]
@@ -90,7 +90,7 @@ def test_t14_expire_uploads_exactly_where_due(
     )
 
 
-def test_delete_expired_blobs_after_retention(env: tuple[ServiceContext, Tenant]) -> None:
+def test_delete_expired_blobs_after_retention(env: tuple[TaskContext, Tenant]) -> None:
     ctx, tenant = env
     from tests.api.test_batches import succeed_with_result
 
@@ -114,7 +114,7 @@ def test_delete_expired_blobs_after_retention(env: tuple[ServiceContext, Tenant]
     assert tenant.get(f"/v1/files/{file_id}").get_json()["status"] == "expired"
 
 
-def test_requeue_stale_items_twice_at_once(env: tuple[ServiceContext, Tenant]) -> None:
+def test_requeue_stale_items_twice_at_once(env: tuple[TaskContext, Tenant]) -> None:
     ctx, tenant = env
     ctx.dispatcher.publish = lambda item_id: None  # no workers here: keep messages out
     from tasks.items import claim_item
@@ -133,7 +133,7 @@ def test_requeue_stale_items_twice_at_once(env: tuple[ServiceContext, Tenant]) -
     assert body["counts"]["pending"] == 4 and body["counts"]["running"] == 0
 
 
-def test_prune_idempotency_keys(env: tuple[ServiceContext, Tenant]) -> None:
+def test_prune_idempotency_keys(env: tuple[TaskContext, Tenant]) -> None:
     ctx, tenant = env
     file_id = tenant.upload(PDF_BYTES)
     first = tenant.submit([file_id], headers={"Idempotency-Key": "old"}).get_json()

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
+from service.api.app import create_app
 from service.models import ItemStatus
 from service.settings import Settings
 from tests.conftest import build_context

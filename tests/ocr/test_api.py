@@ -104,7 +104,7 @@ def test_sniff_rejects_everything_else(data: bytes) -> None:
 
 def test_ocr_imports_nothing_of_the_service() -> None:
     code = (
-        "import sys, ocr, ocr.engine, ocr.http_provider, ocr.tables, ocr.tesseract\n"
+        "import sys, ocr, ocr.pipeline, ocr.http_provider, ocr.tables, ocr.tesseract\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'service', 'tasks', 'client', 'flask', 'celery', 'sqlalchemy', 'redis', 'boto3'})\n"
         "print(','.join(bad))"

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from service.app import create_app
-from service.context import ServiceContext
+from service.api.app import create_app
+from tasks.context import TaskContext
 from service.models import Item
 from service.settings import Settings, load_settings
 from tests.api.conftest import Tenant
@@ -26,7 +26,7 @@ TERMINAL = {"completed", "partially_failed", "failed", "cancelled"}
 @dataclass
 class Stack:
     settings: Settings
-    ctx: ServiceContext
+    ctx: TaskContext
     client: Any
     tmp: Path
     procs: list[Proc] = field(default_factory=list)
@@ -37,7 +37,7 @@ class Stack:
 
     def upload_many(self, tenant: Tenant, documents: list[bytes]) -> list[str]:
         """Register through the API in bulk; put the bytes through the store (fast)."""
-        from service.uploads import input_key
+        from service.storage import input_key
 
         store = self.ctx.blob_store
         assert store is not None

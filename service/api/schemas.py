@@ -1,7 +1,7 @@
 """Request and response models, declared once.
 
 flask-openapi3 validates requests against these and generates ``/openapi.json`` from them; the
-serialisers in ``service/views.py`` build responses with the same models, so the document and
+body builders in ``service/api/bodies.py`` build responses with the same models, so the document and
 the wire format cannot drift apart.
 """
 
@@ -37,11 +37,6 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="Stable snake_case code.")
     message: str
     detail: list[ErrorDetail] | None = None
-
-
-class ApiKeyHeader(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    x_api_key: str | None = Field(None, alias="X-API-KEY")
 
 
 # --- files -----------------------------------------------------------------------------------

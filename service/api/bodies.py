@@ -1,4 +1,4 @@
-"""Rows → response dicts, shaped by the models in service/schemas.py."""
+"""Response bodies: database rows → the JSON shapes of the models in service/api/schemas.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from service.clock import isoformat
 from service.models import Batch, File, Item, ItemStatus
 
 
-def file_view(file: File, upload: dict[str, Any] | None = None) -> dict[str, Any]:
+def file_body(file: File, upload: dict[str, Any] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": file.id,
         "object": "file",
@@ -26,7 +26,7 @@ def file_view(file: File, upload: dict[str, Any] | None = None) -> dict[str, Any
     return body
 
 
-def item_view(item: Item) -> dict[str, Any]:
+def item_body(item: Item) -> dict[str, Any]:
     return {
         "id": item.id,
         "object": "batch_item",
@@ -53,7 +53,7 @@ def item_view(item: Item) -> dict[str, Any]:
     }
 
 
-def batch_view(
+def batch_body(
     batch: Batch, items: list[Item] | None = None, next_cursor: str | None = None
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -79,6 +79,6 @@ def batch_view(
         "pages_billed": batch.pages_billed,
     }
     if items is not None:
-        body["items"] = [item_view(item) for item in items]
+        body["items"] = [item_body(item) for item in items]
         body["next_cursor"] = next_cursor
     return body

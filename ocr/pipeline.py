@@ -22,7 +22,7 @@ from ocr.errors import (
     ResourceLimitError,
 )
 from ocr.geometry import clip_bbox, scale_bbox
-from ocr.provider import OCRProvider, PageOCRTimeout, make_provider
+from ocr.provider import NullProvider, OCRProvider, PageOCRTimeout
 from ocr.result import Warnings, envelope, normalize_options, text_chunk
 from ocr.sniff import Sniffed, sniff
 from ocr.tables import TableExtractor
@@ -135,6 +135,21 @@ def _resource_error(exc: BaseException) -> ExtractionError:
     if isinstance(exc, RecursionError):
         return CorruptDocumentError("The document's structure is too deeply nested to read.")
     return ResourceLimitError("The document needs more memory than the engine allows.")
+
+
+def make_provider(config: EngineConfig) -> OCRProvider:
+    """The provider named by ``config.provider``. The implementations import the interface
+    (``ocr.provider``), never this module: the engine picks, they do not register themselves.
+    The HTTP provider loads httpx, so it is imported only when configured."""
+    if config.provider == "null":
+        return NullProvider()
+    if config.provider == "http":
+        from ocr.http_provider import HttpProvider
+
+        return HttpProvider(config)
+    from ocr.tesseract import TesseractProvider
+
+    return TesseractProvider(config)
 
 
 class _Run:

@@ -1,4 +1,8 @@
-"""The Flask application factory."""
+"""The Flask application factory: the API's composition root.
+
+It builds the API's context on the core parts (Redis, the dispatcher that publishes to the
+workers, the rate limiter), registers the blueprints and the request hooks.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,20 @@ import secrets
 import time
 from typing import Any
 
-from flask import Response, current_app, g, redirect, request
+from flask import Response, g, redirect, request
 from flask_openapi3 import Info, OpenAPI
 
 from service import logs, metrics
-from service.auth import authenticate, key_from_headers
+from service.api.auth import require_api_key
+from service.api.context import ApiContext
+from service.api.errors import register_error_handlers, validation_error_response
+from service.api.ratelimit import SubmissionRateLimiter
 from service.context import ServiceContext, make_context
-from service.errors import ApiError, register_error_handlers, validation_error_response
 from service.migrate import check_schema_current
-from service.ratelimit import SubmissionRateLimiter
 from service.settings import Settings, load_settings
+from service.storage import LocalBlobStore
+from tasks.app import make_celery
+from tasks.dispatch import make_dispatcher, make_state_redis
 
 log = logging.getLogger("pagelane.api")
 
@@ -32,7 +40,7 @@ def create_app(
     check_schema: bool = True,
 ) -> OpenAPI:
     settings = settings or (context.settings if context else load_settings())
-    context = context or make_context(settings)
+    context = _api_context(settings, context or make_context(settings))
     if check_schema:
         check_schema_current(context.engine)
     if context.blob_store is not None:
@@ -58,9 +66,6 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = max(JSON_BODY_LIMIT, settings.max_file_bytes + 1024 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["pagelane"] = context
-    app.extensions["pagelane.ratelimit"] = SubmissionRateLimiter(
-        settings.require_redis(), settings.submit_rate_limit
-    )
 
     from service.api.batches import make_batches_blueprint
     from service.api.extract import make_extract_blueprint
@@ -68,11 +73,9 @@ def create_app(
     from service.api.health import make_health_blueprint
 
     for blueprint in (make_files_blueprint(), make_batches_blueprint(), make_extract_blueprint()):
-        blueprint.before_request(_authenticate)
+        blueprint.before_request(require_api_key)
         app.register_api(blueprint)
     app.register_api(make_health_blueprint())
-
-    from service.storage import LocalBlobStore
 
     if isinstance(context.blob_store, LocalBlobStore):
         from service.api.blobs import make_blobs_blueprint
@@ -103,6 +106,18 @@ def create_app(
     return app
 
 
+def _api_context(settings: Settings, core: ServiceContext) -> ApiContext:
+    state = make_state_redis(settings)
+    # The API only publishes messages; its Celery app never consumes.
+    celery = make_celery(settings)
+    return ApiContext(
+        **core.core_parts(),
+        redis=state,
+        dispatcher=make_dispatcher(core.session_factory, state, celery, settings),
+        rate_limiter=SubmissionRateLimiter(settings.require_redis(), settings.submit_rate_limit),
+    )
+
+
 def _assign_request_id() -> None:
     incoming = request.headers.get("X-Request-Id", "")
     # Accept a caller's id only if it is short and tame; it ends up in logs.
@@ -115,17 +130,6 @@ def _assign_request_id() -> None:
     # gthread reuses its threads: start from an empty context, not the previous request's.
     logs.clear()
     logs.bind(request_id=g.request_id)
-
-
-def _authenticate() -> None:
-    context: ServiceContext = current_app.extensions["pagelane"]
-    # A Core connection, not an ORM session: every request pays for this lookup.
-    with context.engine.connect() as connection:
-        principal = authenticate(connection, key_from_headers(request.headers))
-    if principal is None:
-        raise ApiError(401, "unauthorized", "missing or unknown API key (X-API-KEY header)")
-    g.principal = principal
-    logs.bind(customer_id=principal.customer_id)
 
 
 def _finish_response(response: Response) -> Response:

@@ -1,0 +1,51 @@
+"""A worker process's context: the core parts plus what only task code uses.
+
+Built by the worker's composition root (``tasks.worker``) once per pool child, after fork, and
+by tests and benchmarks that drive task code directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+from celery import Celery
+
+from service.context import ServiceContext, make_context
+from service.settings import Settings
+from tasks.dispatch import Dispatcher, make_dispatcher, make_state_redis
+from tasks.lease import LeaseKeeper
+
+
+@dataclass
+class TaskContext(ServiceContext):
+    # State Redis: semaphores and rate limits (the broker has its own connections).
+    redis: redis.Redis
+    dispatcher: Dispatcher
+
+    @cached_property
+    def lease_keeper(self) -> LeaseKeeper:
+        """Renews the leases of the items this process is extracting (one thread, started on
+        first use)."""
+        return LeaseKeeper(
+            self.session_factory,
+            self.dispatcher.semaphore,
+            lease_seconds=self.settings.lease_seconds,
+        )
+
+    def close(self) -> None:
+        if "lease_keeper" in self.__dict__:
+            self.lease_keeper.close()
+        super().close()
+        self.redis.close()
+
+
+def make_task_context(settings: Settings, celery: Celery) -> TaskContext:
+    core = make_context(settings)
+    state = make_state_redis(settings)
+    return TaskContext(
+        **core.core_parts(),
+        redis=state,
+        dispatcher=make_dispatcher(core.session_factory, state, celery, settings),
+    )
