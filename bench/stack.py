@@ -72,7 +72,12 @@ def bench_stack(database: str, blobs: str, **overrides: Any) -> Iterator[Stack]:
     upgrade(engine)
     engine.dispose()
     ctx = build_context(settings)
-    stack = Stack(settings, ctx, create_app(settings, context=ctx).test_client(), tmp)
+    stack = Stack(
+        settings,
+        ctx,
+        create_app(settings, context=ctx, dispatcher=ctx.dispatcher).test_client(),
+        tmp,
+    )
     try:
         yield stack
     finally:

@@ -245,8 +245,9 @@ class _PreparedPage:
 
 
 def _prepare_page(pdf: pdfium.PdfDocument, index: int, job: PageJob) -> _PreparedPage | None:
+    """Everything of one page that needs pdfium: its text layer or its rendering for OCR, its
+    tables and figures. None when the page cannot be read or has no visible area."""
     page_no = index + 1
-    opts = job.options
     try:
         page = pdf[index]
     except (pdfium.PdfiumError, OSError) as exc:
@@ -261,62 +262,20 @@ def _prepare_page(pdf: pdfium.PdfDocument, index: int, job: PageJob) -> _Prepare
         if geometry.width < 1 or geometry.height < 1:
             job.warnings.add(f"page {page_no}: has no visible area; it is skipped")
             return None
-
-        want_text = opts["extract_text"]
-        want_tables = opts["extract_tables"]
-        want_images = opts["extract_images"]
-        mode = opts["ocr"]
-
+        opts = job.options
         page_text: PageText | None = None
-        if want_text or want_tables:
+        if opts["extract_text"] or opts["extract_tables"]:
             textpage = page.get_textpage()
             page_text = read_page_text(textpage.raw, geometry)
-
         # the object scan costs ~0.1-8 ms a page: only pay for it when something needs it
         scan: ObjectScan | None = None
-        if want_images or want_tables:
+        if opts["extract_images"] or opts["extract_tables"]:
             scan = _scan(page, page_no, geometry, job)
-
-        run_ocr = False
-        if want_text and mode == "force":
-            run_ocr = True
-        elif want_text and mode == "auto" and page_text is not None:
-            if not page_text.usable:
-                run_ocr = True
-            elif page_text.n_meaningful < _SPARSE_TEXT:
-                if scan is None:
-                    scan = _scan(page, page_no, geometry, job)
-                run_ocr = scan.image_coverage >= 0.5
-        if run_ocr and scan is None:
-            scan = _scan(page, page_no, geometry, job)
-
+        run_ocr, scan = _needs_ocr(page, page_no, geometry, page_text, scan, job)
         prepared = _PreparedPage(page_no, geometry, [], [])
-        if run_ocr and scan is not None and scan.too_many:
-            job.warnings.add(f"page {page_no}: too complex to render for OCR; it has no text")
-        elif run_ocr and scan is not None:
-            prepared.ocr_image, prepared.scale = _render(page, page_no, geometry, scan, job)
-        elif want_text and page_text is not None:
-            for block in page_text.blocks:
-                prepared.chunks.append(
-                    text_chunk(page_no, block.bbox, block.text, source="text_layer")
-                )
-
-        if (
-            want_tables
-            and job.tables is not None
-            and scan is not None
-            and not scan.too_many
-            and page_text is not None
-            and page_text.n_meaningful > 0
-            and textpage is not None
-        ):
-            rulings = scan.rulings(geometry)
-            if rulings.has_grid():
-                prepared.others.extend(
-                    job.tables.page_tables(page_no, geometry, rulings, textpage, job.warnings)
-                )
-        if want_images and scan is not None and not scan.too_many:
-            prepared.others.extend(_image_chunks(page_no, geometry, scan, job))
+        _add_text(prepared, page, page_text, scan if run_ocr else None, job)
+        if scan is not None and not scan.too_many:
+            prepared.others.extend(_figures_and_tables(prepared, scan, page_text, textpage, job))
         return prepared
     except BaseException:
         if prepared is not None and prepared.ocr_image is not None:
@@ -326,6 +285,78 @@ def _prepare_page(pdf: pdfium.PdfDocument, index: int, job: PageJob) -> _Prepare
         if textpage is not None:
             textpage.close()
         page.close()
+
+
+def _needs_ocr(
+    page: pdfium.PdfPage,
+    page_no: int,
+    geometry: PageGeometry,
+    page_text: PageText | None,
+    scan: ObjectScan | None,
+    job: PageJob,
+) -> tuple[bool, ObjectScan | None]:
+    """Whether the page is read by OCR (``force``; ``auto`` when its text layer is unusable,
+    or sparse on a page that is mostly image), and the object scan that decision may need."""
+    mode = job.options["ocr"]
+    run_ocr = False
+    if not job.options["extract_text"]:
+        return False, scan
+    if mode == "force":
+        run_ocr = True
+    elif mode == "auto" and page_text is not None:
+        if not page_text.usable:
+            run_ocr = True
+        elif page_text.n_meaningful < _SPARSE_TEXT:
+            if scan is None:
+                scan = _scan(page, page_no, geometry, job)
+            run_ocr = scan.image_coverage >= 0.5
+    if run_ocr and scan is None:
+        scan = _scan(page, page_no, geometry, job)
+    return run_ocr, scan
+
+
+def _add_text(
+    prepared: _PreparedPage,
+    page: pdfium.PdfPage,
+    page_text: PageText | None,
+    ocr_scan: ObjectScan | None,
+    job: PageJob,
+) -> None:
+    """The page's text: its rendering for OCR when ``ocr_scan`` is given, else the text layer."""
+    page_no = prepared.page_no
+    if ocr_scan is not None and ocr_scan.too_many:
+        job.warnings.add(f"page {page_no}: too complex to render for OCR; it has no text")
+    elif ocr_scan is not None:
+        prepared.ocr_image, prepared.scale = _render(
+            page, page_no, prepared.geometry, ocr_scan, job
+        )
+    elif job.options["extract_text"] and page_text is not None:
+        for block in page_text.blocks:
+            prepared.chunks.append(text_chunk(page_no, block.bbox, block.text, source="text_layer"))
+
+
+def _figures_and_tables(
+    prepared: _PreparedPage,
+    scan: ObjectScan,
+    page_text: PageText | None,
+    textpage: pdfium.PdfTextPage | None,
+    job: PageJob,
+) -> list[dict[str, Any]]:
+    page_no, geometry = prepared.page_no, prepared.geometry
+    found: list[dict[str, Any]] = []
+    if (
+        job.options["extract_tables"]
+        and job.tables is not None
+        and page_text is not None
+        and page_text.n_meaningful > 0
+        and textpage is not None
+    ):
+        rulings = scan.rulings(geometry)
+        if rulings.has_grid():
+            found.extend(job.tables.page_tables(page_no, geometry, rulings, textpage, job.warnings))
+    if job.options["extract_images"]:
+        found.extend(_image_chunks(page_no, geometry, scan, job))
+    return found
 
 
 def _scan(page: pdfium.PdfPage, page_no: int, geometry: PageGeometry, job: PageJob) -> ObjectScan:

@@ -383,35 +383,45 @@ def create_batch(
     )
     session.add(batch)
     session.flush()
+    _insert_items(session, batch.id, customer.id, file_ids, now)
+    return batch
+
+
+# Columns of a new item row, in COPY order; every other column starts NULL.
+_NEW_ITEM_COLUMNS = (
+    "id",
+    "batch_id",
+    "customer_id",
+    "file_id",
+    "position",
+    "status",
+    "attempts",
+    "pages_done",
+    "pages_reserved",
+    "ocr_failures",
+    "change_seq",
+    "updated_at",
+)
+
+
+def _insert_items(
+    session: Session, batch_id: str, customer_id: str, file_ids: Sequence[str], now: datetime
+) -> None:
+    """One pending item per file, in position order (COPY on Postgres, batched INSERTs else)."""
     # Ids generated in one go and sorted, so item id order equals position order: ties in
     # updated_at then order by item id exactly as they order by change number.
     item_ids = new_ids_in_order("item", len(file_ids))
-    columns = (
-        "id",
-        "batch_id",
-        "customer_id",
-        "file_id",
-        "position",
-        "status",
-        "attempts",
-        "pages_done",
-        "pages_reserved",
-        "ocr_failures",
-        "change_seq",
-        "updated_at",
-    )
+    pending, zero = ItemStatus.PENDING.value, 0
+    # attempts, pages_done, pages_reserved and ocr_failures start at zero
     rows = [
         (
             item_id,
-            batch.id,
-            customer.id,
+            batch_id,
+            customer_id,
             file_id,
             position,
-            ItemStatus.PENDING.value,
-            0,
-            0,
-            0,
-            0,
+            pending,
+            *(zero,) * 4,
             position + 1,
             now,
         )
@@ -424,17 +434,16 @@ def create_batch(
         assert driver is not None
         with (
             driver.cursor() as cursor,
-            cursor.copy(f"COPY items ({', '.join(columns)}) FROM STDIN") as copy,
+            cursor.copy(f"COPY items ({', '.join(_NEW_ITEM_COLUMNS)}) FROM STDIN") as copy,
         ):
             for row in rows:
                 copy.write_row(row)
-    else:
-        for start in range(0, len(rows), 5000):
-            session.execute(
-                insert(Item),
-                [dict(zip(columns, row, strict=True)) for row in rows[start : start + 5000]],
-            )
-    return batch
+        return
+    for start in range(0, len(rows), 5000):
+        session.execute(
+            insert(Item),
+            [dict(zip(_NEW_ITEM_COLUMNS, row, strict=True)) for row in rows[start : start + 5000]],
+        )
 
 
 # --- reads -------------------------------------------------------------------------------------

@@ -21,11 +21,12 @@ import random
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Row, bindparam, func, select, update
+from sqlalchemy.orm import Session
 
 import ocr
 from service import lifecycle, logs, metrics
@@ -37,6 +38,10 @@ from service.models import Batch, Customer, File, Item, ItemStatus
 from service.storage import BlobNotFoundError, BlobTooLargeError, result_key
 from tasks.context import TaskContext
 from tasks.lease import LeaseLostError, fenced
+
+if TYPE_CHECKING:
+    # A row of a Core statement (the claim's read, a batch after a move): a variadic generic.
+    AnyRow = Row[*tuple[Any, ...]]
 
 log = logging.getLogger("pagelane.items")
 
@@ -118,8 +123,8 @@ def process_item(ctx: TaskContext, item_id: str) -> Outcome:
 
 
 def claim_item(ctx: TaskContext, item_id: str) -> Claim | None:
-    settings = ctx.settings
-    semaphore = ctx.dispatcher.semaphore
+    """``pending → running`` under a fresh lease token, or None when there is nothing to claim
+    (a duplicate message, a cancelled item, one whose slot lapsed, one past its attempt cap)."""
     now = utcnow()
     token = secrets.token_hex(16)
     # ItemNotMovedError must leave the transaction, so that it rolls back the batch counters
@@ -129,57 +134,18 @@ def claim_item(ctx: TaskContext, item_id: str) -> Claim | None:
             row = session.connection().execute(_CLAIM_READ, {"p_item_id": item_id}).first()
             if row is None or row.status != ItemStatus.PENDING or row.admitted_at is None:
                 return None
-            cap = int(row.concurrency)
-            # The admission slot normally still stands and this only renews it; if it lapsed
-            # and the customer is at its cap meanwhile, the item goes back to waiting,
-            # unclaimed. Idempotent, so it runs before the batch lock, not while holding it.
-            if not semaphore.acquire(
-                row.customer_id, item_id, cap=cap, lease_seconds=settings.lease_seconds
-            ):
-                session.connection().execute(
-                    update(Item)
-                    .where(Item.id == item_id, Item.status == ItemStatus.PENDING)
-                    .values(admitted_at=None)
-                )
+            if not _renew_admission_slot(ctx, session, row, item_id):
                 return None
-            # Moved only if still pending and admitted once the batch is locked (not
-            # cancelled, not claimed by a duplicate message meanwhile).
-            move: dict[str, Any] = {
-                "batch_id": row.batch_id,
-                "item_id": item_id,
-                "from_status": ItemStatus.PENDING,
-                "now": now,
-                "where": _ADMITTED,
-            }
-            exhausted = row.attempts - row.ocr_failures >= settings.max_attempts
+            exhausted = row.attempts - row.ocr_failures >= ctx.settings.max_attempts
             if exhausted:
-                lifecycle.move_item(
-                    session,
-                    to_status=ItemStatus.FAILED,
-                    completed_at=now,
-                    admitted_at=None,
-                    lease_token=None,
-                    lease_expires_at=None,
-                    error_code="internal_error",
-                    error_message=f"gave up after {row.attempts} attempts; safe to resubmit",
-                    **move,
-                )
+                _give_up(session, row, item_id, now)
             else:
-                batch, _ = lifecycle.move_item(
-                    session,
-                    to_status=ItemStatus.RUNNING,
-                    attempts=_ONE_MORE_ATTEMPT,
-                    lease_token=token,
-                    lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-                    started_at=_FIRST_START,
-                    retry_at=None,
-                    **move,
-                )
+                batch = _start(ctx, session, row, item_id, token, now)
     except lifecycle.ItemNotMovedError:
         return None
     # Metrics only once the transaction has committed: a rolled-back claim changed nothing.
     if exhausted:
-        semaphore.release(row.customer_id, [item_id])
+        ctx.dispatcher.semaphore.release(row.customer_id, [item_id])
         metrics.item_finished("failed", "internal_error")
         return None
     metrics.observe_queue_wait(row.admitted_at, now)
@@ -190,7 +156,7 @@ def claim_item(ctx: TaskContext, item_id: str) -> Claim | None:
         file_id=row.file_id,
         lease_token=token,
         options=dict(batch.options),
-        cap=cap,
+        cap=int(row.concurrency),
         metered=row.page_quota is not None,
         blob_key=row.blob_key,
         filename=row.filename,
@@ -198,6 +164,69 @@ def claim_item(ctx: TaskContext, item_id: str) -> Claim | None:
         sha256_known=row.sha256 is not None,
         ocr_failures=row.ocr_failures,
     )
+
+
+def _renew_admission_slot(ctx: TaskContext, session: Session, row: AnyRow, item_id: str) -> bool:
+    """The admission slot normally still stands and this only renews it; if it lapsed and the
+    customer is at its cap meanwhile, the item goes back to waiting, unclaimed. Idempotent, so
+    it runs before the batch lock, not while holding it."""
+    if ctx.dispatcher.semaphore.acquire(
+        row.customer_id,
+        item_id,
+        cap=int(row.concurrency),
+        lease_seconds=ctx.settings.lease_seconds,
+    ):
+        return True
+    session.connection().execute(
+        update(Item)
+        .where(Item.id == item_id, Item.status == ItemStatus.PENDING)
+        .values(admitted_at=None)
+    )
+    return False
+
+
+def _claim_move(row: AnyRow, item_id: str, now: datetime) -> dict[str, Any]:
+    """A claim moves the item only if it is still pending and admitted once the batch is
+    locked (not cancelled, not claimed by a duplicate message meanwhile)."""
+    return {
+        "batch_id": row.batch_id,
+        "item_id": item_id,
+        "from_status": ItemStatus.PENDING,
+        "now": now,
+        "where": _ADMITTED,
+    }
+
+
+def _give_up(session: Session, row: AnyRow, item_id: str, now: datetime) -> None:
+    """The attempt cap is reached (its workers kept dying): fail it with internal_error."""
+    lifecycle.move_item(
+        session,
+        to_status=ItemStatus.FAILED,
+        completed_at=now,
+        admitted_at=None,
+        lease_token=None,
+        lease_expires_at=None,
+        error_code="internal_error",
+        error_message=f"gave up after {row.attempts} attempts; safe to resubmit",
+        **_claim_move(row, item_id, now),
+    )
+
+
+def _start(
+    ctx: TaskContext, session: Session, row: AnyRow, item_id: str, token: str, now: datetime
+) -> AnyRow:
+    """``pending → running`` with our lease; returns the batch row after the move."""
+    batch, _ = lifecycle.move_item(
+        session,
+        to_status=ItemStatus.RUNNING,
+        attempts=_ONE_MORE_ATTEMPT,
+        lease_token=token,
+        lease_expires_at=now + timedelta(seconds=ctx.settings.lease_seconds),
+        started_at=_FIRST_START,
+        retry_at=None,
+        **_claim_move(row, item_id, now),
+    )
+    return batch
 
 
 def _work(ctx: TaskContext, claim: Claim) -> Outcome:
@@ -313,20 +342,24 @@ def _reserve(ctx: TaskContext, claim: Claim, pages: int) -> Reservation:
     with transaction(ctx.session_factory) as session:
         if not reserve_pages(session, claim.customer_id, pages):
             return Reservation.OVER_QUOTA
-        held = session.connection().execute(
-            update(Item)
-            .where(
-                Item.id == claim.item_id,
-                Item.status == ItemStatus.RUNNING,
-                Item.lease_token == claim.lease_token,
+        held = (
+            session.connection()
+            .execute(
+                update(Item)
+                .where(
+                    Item.id == claim.item_id,
+                    Item.status == ItemStatus.RUNNING,
+                    Item.lease_token == claim.lease_token,
+                )
+                .values(pages_reserved=pages, page_count=pages)
+                .execution_options(synchronize_session=False)
             )
-            .values(pages_reserved=pages, page_count=pages)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+            .rowcount
+        )
         if not held:
             release_pages(session, claim.customer_id, pages)
-            return Outcome.LEASE_LOST
-    return "reserved"
+            return Reservation.LEASE_LOST
+    return Reservation.RESERVED
 
 
 def _succeed(

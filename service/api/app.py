@@ -24,7 +24,7 @@ from service.migrate import check_schema_current
 from service.settings import Settings, load_settings
 from service.storage import LocalBlobStore
 from tasks.app import make_celery
-from tasks.dispatch import make_dispatcher, make_state_redis
+from tasks.dispatch import Dispatcher, make_dispatcher, make_state_redis
 
 log = logging.getLogger("pagelane.api")
 
@@ -37,10 +37,14 @@ def create_app(
     settings: Settings | None = None,
     *,
     context: ServiceContext | None = None,
+    dispatcher: Dispatcher | None = None,
     check_schema: bool = True,
 ) -> OpenAPI:
+    """The API on ``settings`` (default: the environment). ``context`` supplies the core parts
+    (tests share theirs), ``dispatcher`` the admission of submitted items (default: one that
+    publishes to the workers through the broker)."""
     settings = settings or (context.settings if context else load_settings())
-    context = _api_context(settings, context or make_context(settings))
+    context = _api_context(settings, context or make_context(settings), dispatcher)
     if check_schema:
         check_schema_current(context.engine)
     if context.blob_store is not None:
@@ -106,14 +110,18 @@ def create_app(
     return app
 
 
-def _api_context(settings: Settings, core: ServiceContext) -> ApiContext:
+def _api_context(
+    settings: Settings, core: ServiceContext, dispatcher: Dispatcher | None
+) -> ApiContext:
     state = make_state_redis(settings)
-    # The API only publishes messages; its Celery app never consumes.
-    celery = make_celery(settings)
+    if dispatcher is None:
+        # The API only publishes messages; its Celery app never consumes.
+        celery = make_celery(settings)
+        dispatcher = make_dispatcher(core.session_factory, state, celery, settings)
     return ApiContext(
         **core.core_parts(),
         redis=state,
-        dispatcher=make_dispatcher(core.session_factory, state, celery, settings),
+        dispatcher=dispatcher,
         rate_limiter=SubmissionRateLimiter(settings.require_redis(), settings.submit_rate_limit),
     )
 

@@ -60,138 +60,139 @@ def make_batches_blueprint() -> APIBlueprint:
     bp = APIBlueprint(
         "batches", __name__, url_prefix="/v1/batches", abp_tags=[tag], abp_security=[{"ApiKey": []}]
     )
-
-    @bp.post("", responses=responses(BatchResource, 401, 402, 404, 409, 422, 429))
-    @submission_rate_limited
-    def create_batch(body: CreateBatch, header: IdempotencyHeader) -> Response:
-        """Submit up to 10,000 uploaded files as one batch."""
-        ctx = service()
-        if len(body.file_ids) > ctx.settings.max_files_per_batch:
-            raise validation_error(
-                ["body", "file_ids"],
-                f"at most {ctx.settings.max_files_per_batch} file ids per batch",
-                "too_long",
-            )
-        _check_languages(body.options.languages)
-        key = header.idempotency_key
-        if key:
-            replay = _claim_idempotency_key(key, _request_hash(body))
-            if replay is not None:
-                return _batch_response(replay)
-        try:
-            batch_id = _submit(body, key)
-        except BaseException:
-            if key:
-                _forget_idempotency_key(key)
-            raise
-        ctx.dispatcher.admit(caller().customer_id)
-        return _batch_response(batch_id)
-
-    @bp.get("", responses=responses(BatchList, 401, 422))
-    def list_batches(query: ListBatchesQuery) -> Response:
-        """The caller's batches, newest first."""
-        ctx = service()
-        statement = select(Batch).where(Batch.customer_id == caller().customer_id)
-        if query.status:
-            statement = statement.where(Batch.status == query.status)
-        if query.cursor:
-            try:
-                position = lifecycle.decode_cursor(query.cursor, ["c", "i"])
-                created_at = _parse_naive(position["c"])
-            except (lifecycle.InvalidCursorError, ValueError, TypeError) as exc:
-                raise ApiError(
-                    422, "invalid_cursor", "cursor is not one this API returned"
-                ) from exc
-            statement = statement.where(
-                (Batch.created_at < created_at)
-                | ((Batch.created_at == created_at) & (Batch.id < position["i"]))
-            )
-        statement = statement.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(
-            query.limit + 1
-        )
-        with ctx.session_factory() as session:
-            rows = list(session.scalars(statement))
-        page, more = rows[: query.limit], len(rows) > query.limit
-        next_cursor = (
-            lifecycle.encode_cursor({"c": page[-1].created_at.isoformat(), "i": page[-1].id})
-            if more
-            else None
-        )
-        return json_response(
-            {"object": "list", "data": [batch_body(b) for b in page], "next_cursor": next_cursor}
-        )
-
-    @bp.get("/<batch_id>", responses=responses(BatchResource, 401, 404, 422))
-    def get_batch(path: BatchPath, query: PollQuery) -> Response:
-        """The batch and the items that changed after `cursor`, oldest change first."""
-        try:
-            after = lifecycle.decode_item_cursor(query.cursor)
-        except lifecycle.InvalidCursorError as exc:
-            raise ApiError(422, "invalid_cursor", str(exc)) from exc
-        return _batch_response(path.batch_id, after=after, limit=query.limit, cursor=query.cursor)
-
-    @bp.post("/<batch_id>/cancel", responses=responses(BatchResource, 401, 404))
-    def cancel_batch(path: BatchPath) -> Response:
-        """Cancel every pending item; running items finish on their own."""
-        ctx = service()
-        _owned_batch_id(path.batch_id)
-        with transaction(ctx.session_factory) as session:
-            admitted = list(
-                session.scalars(
-                    select(Item.id).where(
-                        Item.batch_id == path.batch_id,
-                        Item.status == ItemStatus.PENDING,
-                        Item.admitted_at.is_not(None),
-                    )
-                )
-            )
-            batch, cancelled = lifecycle.cancel_batch(session, path.batch_id)
-            body = batch_body(batch)
-        metrics.item_finished("cancelled", "", cancelled)
-        # Cancelled items that held a slot give it back; their queued messages find nothing
-        # claimable and do nothing.
-        ctx.dispatcher.semaphore.release(batch.customer_id, admitted)
-        return json_response(body)
-
-    @bp.get(
+    bp.post("", responses=responses(BatchResource, 401, 402, 404, 409, 422, 429))(
+        submission_rate_limited(create_batch)
+    )
+    bp.get("", responses=responses(BatchList, 401, 422))(list_batches)
+    bp.get("/<batch_id>", responses=responses(BatchResource, 401, 404, 422))(get_batch)
+    bp.post("/<batch_id>/cancel", responses=responses(BatchResource, 401, 404))(cancel_batch)
+    bp.get(
         "/<batch_id>/items/<item_id>/result",
         responses=responses(ExtractionResult, 401, 404, 409, 410),
-    )
-    def get_result(path: ItemPath, query: ResultQuery) -> BaseResponse:
-        """302 to a short-lived signed URL of the result JSON (`?inline=true`: the JSON)."""
-        ctx = service()
-        with ctx.engine.connect() as connection:
-            item = connection.execute(
-                _RESULT_OF_ITEM,
-                {
-                    "item_id": path.item_id,
-                    "batch_id": path.batch_id,
-                    "customer_id": caller().customer_id,
-                },
-            ).first()
-        if item is None:
-            raise not_found("item")
-        if item.status != ItemStatus.SUCCEEDED or item.result_key is None:
-            raise ApiError(409, "result_not_ready", f"item is {item.status}", status=item.status)
-        expired = item.result_deleted_at is not None or (
-            item.result_expires_at is not None and item.result_expires_at <= utcnow()
-        )
-        if expired:
-            raise ApiError(410, "result_expired", "the result was deleted after retention")
-        store = ctx.blob_store
-        assert store is not None  # an item only succeeds by writing its result there
-        if query.inline:
-            from service.storage import BlobNotFoundError
-
-            try:
-                data = store.get(item.result_key)
-            except BlobNotFoundError as exc:
-                raise ApiError(410, "result_expired", "the result is no longer stored") from exc
-            return Response(data, status=200, mimetype="application/json")
-        url = store.presign_get(item.result_key, expires_in=ctx.settings.result_url_ttl_seconds)
-        return redirect(url, code=302)
-
+    )(get_result)
     return bp
+
+
+def create_batch(body: CreateBatch, header: IdempotencyHeader) -> Response:
+    """Submit up to 10,000 uploaded files as one batch."""
+    ctx = service()
+    if len(body.file_ids) > ctx.settings.max_files_per_batch:
+        raise validation_error(
+            ["body", "file_ids"],
+            f"at most {ctx.settings.max_files_per_batch} file ids per batch",
+            "too_long",
+        )
+    _check_languages(body.options.languages)
+    key = header.idempotency_key
+    if key:
+        replay = _claim_idempotency_key(key, _request_hash(body))
+        if replay is not None:
+            return _batch_response(replay)
+    try:
+        batch_id = _submit(body, key)
+    except BaseException:
+        if key:
+            _forget_idempotency_key(key)
+        raise
+    ctx.dispatcher.admit(caller().customer_id)
+    return _batch_response(batch_id)
+
+
+def list_batches(query: ListBatchesQuery) -> Response:
+    """The caller's batches, newest first."""
+    ctx = service()
+    statement = select(Batch).where(Batch.customer_id == caller().customer_id)
+    if query.status:
+        statement = statement.where(Batch.status == query.status)
+    if query.cursor:
+        try:
+            position = lifecycle.decode_cursor(query.cursor, ["c", "i"])
+            created_at = _parse_naive(position["c"])
+        except (lifecycle.InvalidCursorError, ValueError, TypeError) as exc:
+            raise ApiError(422, "invalid_cursor", "cursor is not one this API returned") from exc
+        statement = statement.where(
+            (Batch.created_at < created_at)
+            | ((Batch.created_at == created_at) & (Batch.id < position["i"]))
+        )
+    statement = statement.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(query.limit + 1)
+    with ctx.session_factory() as session:
+        rows = list(session.scalars(statement))
+    page, more = rows[: query.limit], len(rows) > query.limit
+    next_cursor = (
+        lifecycle.encode_cursor({"c": page[-1].created_at.isoformat(), "i": page[-1].id})
+        if more
+        else None
+    )
+    return json_response(
+        {"object": "list", "data": [batch_body(b) for b in page], "next_cursor": next_cursor}
+    )
+
+
+def get_batch(path: BatchPath, query: PollQuery) -> Response:
+    """The batch and the items that changed after `cursor`, oldest change first."""
+    try:
+        after = lifecycle.decode_item_cursor(query.cursor)
+    except lifecycle.InvalidCursorError as exc:
+        raise ApiError(422, "invalid_cursor", str(exc)) from exc
+    return _batch_response(path.batch_id, after=after, limit=query.limit, cursor=query.cursor)
+
+
+def cancel_batch(path: BatchPath) -> Response:
+    """Cancel every pending item; running items finish on their own."""
+    ctx = service()
+    _owned_batch_id(path.batch_id)
+    with transaction(ctx.session_factory) as session:
+        admitted = list(
+            session.scalars(
+                select(Item.id).where(
+                    Item.batch_id == path.batch_id,
+                    Item.status == ItemStatus.PENDING,
+                    Item.admitted_at.is_not(None),
+                )
+            )
+        )
+        batch, cancelled = lifecycle.cancel_batch(session, path.batch_id)
+        body = batch_body(batch)
+    metrics.item_finished("cancelled", "", cancelled)
+    # Cancelled items that held a slot give it back; their queued messages find nothing
+    # claimable and do nothing.
+    ctx.dispatcher.semaphore.release(batch.customer_id, admitted)
+    return json_response(body)
+
+
+def get_result(path: ItemPath, query: ResultQuery) -> BaseResponse:
+    """302 to a short-lived signed URL of the result JSON (`?inline=true`: the JSON)."""
+    ctx = service()
+    with ctx.engine.connect() as connection:
+        item = connection.execute(
+            _RESULT_OF_ITEM,
+            {
+                "item_id": path.item_id,
+                "batch_id": path.batch_id,
+                "customer_id": caller().customer_id,
+            },
+        ).first()
+    if item is None:
+        raise not_found("item")
+    if item.status != ItemStatus.SUCCEEDED or item.result_key is None:
+        raise ApiError(409, "result_not_ready", f"item is {item.status}", status=item.status)
+    expired = item.result_deleted_at is not None or (
+        item.result_expires_at is not None and item.result_expires_at <= utcnow()
+    )
+    if expired:
+        raise ApiError(410, "result_expired", "the result was deleted after retention")
+    store = ctx.blob_store
+    assert store is not None  # an item only succeeds by writing its result there
+    if query.inline:
+        from service.storage import BlobNotFoundError
+
+        try:
+            data = store.get(item.result_key)
+        except BlobNotFoundError as exc:
+            raise ApiError(410, "result_expired", "the result is no longer stored") from exc
+        return Response(data, status=200, mimetype="application/json")
+    url = store.presign_get(item.result_key, expires_in=ctx.settings.result_url_ttl_seconds)
+    return redirect(url, code=302)
 
 
 # Clients fetch one result per item, so this runs as often as everything else together: built

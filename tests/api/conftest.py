@@ -11,8 +11,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from service.api.app import create_app
-from tasks.context import TaskContext
 from service.settings import Settings
+from tasks.context import TaskContext
 from tests.conftest import build_context, new_customer_key, put_upload
 
 
@@ -72,7 +72,7 @@ def api_env(request: pytest.FixtureRequest, flush_redis: None) -> Iterator[ApiEn
     else:
         settings = request.getfixturevalue("sqlite_local_settings")
     ctx = build_context(settings)
-    app = create_app(settings, context=ctx)
+    app = create_app(settings, context=ctx, dispatcher=ctx.dispatcher)
     app.config["TESTING"] = True
     yield ApiEnv(settings, ctx, app.test_client(), request.param)
     ctx.close()

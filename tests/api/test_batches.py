@@ -11,9 +11,9 @@ from sqlalchemy import select
 
 from service import lifecycle
 from service.clock import utcnow
-from tasks.context import TaskContext
 from service.db import transaction
 from service.models import Customer, Item, ItemStatus
+from tasks.context import TaskContext
 from tests.api.conftest import PDF_BYTES, ApiEnv, Tenant
 
 
@@ -501,7 +501,7 @@ def test_submissions_are_rate_limited_per_key(
         submit_rate_limit="6/minute",
     )
     ctx = build_context(settings)
-    client = create_app(settings, context=ctx).test_client()
+    client = create_app(settings, context=ctx, dispatcher=ctx.dispatcher).test_client()
     _, key_a = new_customer_key(ctx, "a")
     _, key_b = new_customer_key(ctx, "b")
     a = Tenant(client, "a", key_a)

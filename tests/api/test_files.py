@@ -163,7 +163,7 @@ def test_uploads_not_configured_is_503(make_settings, postgres_url, flush_redis)
     settings = make_settings(database_url=postgres_url, blob_store="none")
     ctx = build_context(settings)
     _, key = new_customer_key(ctx, "nostore")
-    client = create_app(settings, context=ctx).test_client()
+    client = create_app(settings, context=ctx, dispatcher=ctx.dispatcher).test_client()
     response = client.post("/v1/files", json={"size_bytes": 3}, headers={"X-API-KEY": key})
     assert response.status_code == 503
     assert response.get_json()["error"] == "uploads_not_configured"

@@ -31,7 +31,9 @@ def test_readyz_is_503_when_redis_is_unreachable(make_settings, postgres_url, fl
         database_url=postgres_url, redis_url="redis://127.0.0.1:1/0", blob_store="local"
     )
     ctx = build_context(settings)
-    response = create_app(settings, context=ctx).test_client().get("/readyz")
+    response = (
+        create_app(settings, context=ctx, dispatcher=ctx.dispatcher).test_client().get("/readyz")
+    )
     assert response.status_code == 503
     assert response.get_json()["checks"]["redis"].startswith("error")
     assert response.get_json()["checks"]["database"] == "ok"
@@ -161,7 +163,7 @@ def test_sync_extract_page_limit(make_settings, postgres_url, s3_server, flush_r
     truncate_all(postgres_url)
     settings = make_settings(database_url=postgres_url, blob_store="local", max_pages=3)
     ctx = build_context(settings)
-    client = create_app(settings, context=ctx).test_client()
+    client = create_app(settings, context=ctx, dispatcher=ctx.dispatcher).test_client()
     _, key = new_customer_key(ctx, "pages")
     tenant = Tenant(client, "pages", key)
     response = _extract(tenant, (CORPUS / "digital-lorem-pdflatex-4p.pdf").read_bytes(), "l.pdf")

@@ -154,7 +154,7 @@ class LiveStack:
         """Another API process image over the same database, Redis and S3, with different
         settings (a low rate limit, say). The caller stops it."""
         settings = load_settings(**{**self.settings.model_dump(), **overrides})
-        return serve(create_app(settings, context=self.ctx))
+        return serve(create_app(settings, context=self.ctx, dispatcher=self.ctx.dispatcher))
 
 
 @dataclass
@@ -230,7 +230,7 @@ def live(
 ) -> Iterator[LiveStack]:
     """The API over HTTP and one worker (2 processes) for every test of the package."""
     ctx = build_context(live_settings)
-    api = serve(create_app(live_settings, context=ctx))
+    api = serve(create_app(live_settings, context=ctx, dispatcher=ctx.dispatcher))
     tmp = tmp_path_factory.mktemp("stack")
     worker: Proc = start_worker(live_settings, tmp, concurrency=2)
     stack = LiveStack(live_settings, ctx, api, s3_server, tmp)

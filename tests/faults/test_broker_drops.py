@@ -32,7 +32,10 @@ def proxied_stack(
     )
     ctx = build_context(stack_settings)
     live = Stack(
-        worker_settings, ctx, create_app(stack_settings, context=ctx).test_client(), tmp_path
+        worker_settings,
+        ctx,
+        create_app(stack_settings, context=ctx, dispatcher=ctx.dispatcher).test_client(),
+        tmp_path,
     )
     yield live, proxy
     live.close()

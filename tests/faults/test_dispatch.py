@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import func, select, update
 
 from service.api.app import create_app
-from tasks.context import TaskContext
 from service.db import transaction
 from service.models import Item
 from service.settings import Settings
+from tasks.context import TaskContext
 from tests.api.conftest import PDF_BYTES, Tenant
 from tests.conftest import build_context, new_customer_key
 
@@ -29,7 +29,7 @@ def env(
     ctx = build_context(settings)
     published: list[str] = []
     ctx.dispatcher.publish = published.append  # no workers here: collect the messages
-    client = create_app(settings, context=ctx).test_client()
+    client = create_app(settings, context=ctx, dispatcher=ctx.dispatcher).test_client()
     customer_id, key = new_customer_key(ctx, "admitted", concurrency=3)
     yield ctx, Tenant(client, customer_id, key), published
     ctx.close()

@@ -10,8 +10,8 @@ import pytest
 
 import ocr
 from service.api.app import create_app
-from tasks.context import TaskContext
 from service.settings import Settings
+from tasks.context import TaskContext
 from tasks.items import process_item
 from tests.api.conftest import Tenant
 from tests.conftest import build_context, new_customer_key
@@ -43,7 +43,11 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def run_one_item(ctx: TaskContext, quota: int | None) -> dict[str, Any]:
     customer_id, key = new_customer_key(ctx, f"quota-{quota}", quota=quota)
-    tenant = Tenant(create_app(ctx.settings, context=ctx).test_client(), customer_id, key)
+    tenant = Tenant(
+        create_app(ctx.settings, context=ctx, dispatcher=ctx.dispatcher).test_client(),
+        customer_id,
+        key,
+    )
     batch = tenant.submit([tenant.upload(corpus_bytes("digital-crazyones-1p.pdf"))]).get_json()
     ctx.dispatcher.admit(customer_id)
     assert process_item(ctx, batch["items"][0]["id"]) == "succeeded"

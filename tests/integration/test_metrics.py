@@ -212,7 +212,7 @@ def test_readyz_follows_postgres(make_settings: Any, postgres_url: str, flush_re
         blob_store="none",
     )
     ctx = build_context(settings)
-    client = create_app(settings, context=ctx).test_client()
+    client = create_app(settings, context=ctx, dispatcher=ctx.dispatcher).test_client()
     try:
         assert _readyz(client) == (200, {"database": "ok", "redis": "ok"})
         reachable, proxy.target = proxy.target, ("127.0.0.1", free_port())
@@ -237,7 +237,7 @@ def test_readyz_follows_redis(
         database_url=postgres_url, redis_url=private_redis.url, blob_store="none"
     )
     ctx = build_context(settings)
-    client = create_app(settings, context=ctx).test_client()
+    client = create_app(settings, context=ctx, dispatcher=ctx.dispatcher).test_client()
     try:
         assert _readyz(client)[0] == 200
         private_redis.kill()

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from service.api.app import create_app
-from tasks.context import TaskContext
 from service.models import Item
 from service.settings import Settings, load_settings
+from tasks.context import TaskContext
 from tests.api.conftest import Tenant
 from tests.conftest import CORPUS, build_context, new_customer_key
 from tests.support.stack import Proc, start_beat, start_worker, wait_for
@@ -108,7 +108,7 @@ def stack_settings(pg_s3_settings: Settings, flush_redis: None) -> Settings:
 @pytest.fixture
 def stack(stack_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     ctx = build_context(stack_settings)
-    app = create_app(stack_settings, context=ctx)
+    app = create_app(stack_settings, context=ctx, dispatcher=ctx.dispatcher)
     live = Stack(stack_settings, ctx, app.test_client(), tmp_path)
     yield live
     live.close()
