@@ -13,7 +13,7 @@ APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd tesseract-ocr-
 BUILD_PACKAGES := gcc python3-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-fast test-api lint typecheck check bench \
+.PHONY: help install system-deps run test test-fast test-api lint format typecheck check-imports check bench \
 	bench-api bench-extract bench-fairness bench-throughput bench-client services clean
 
 help: ## List every target
@@ -51,13 +51,21 @@ test-fast: install services ## The suite without the slow fault-injection tests
 test-api: install services ## Only the API tests (both database backends)
 	$(BIN)/pytest -q tests/api
 
-lint: install ## ruff
+lint: install ## ruff: lint rules, and the format every file must already have
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Reformat every file (ruff format) and apply ruff's safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 typecheck: install ## mypy
 	$(BIN)/mypy service tasks ocr client bench
 
-check: lint typecheck ## lint + typecheck
+check-imports: install ## The import contracts (layers, no Flask in workers, no cycles): import-linter
+	$(BIN)/lint-imports
+
+check: lint typecheck check-imports ## Everything CI checks before the tests (pre-commit runs it too)
 
 bench: bench-api bench-extract bench-fairness bench-throughput bench-client ## Every benchmark (prints ratios)
 
