@@ -13,7 +13,7 @@ APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd tesseract-ocr-
 BUILD_PACKAGES := gcc python3-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-fast test-api lint typecheck check bench \
+.PHONY: help install system-deps run test test-fast test-api lint typecheck check-unasync check bench \
 	bench-api bench-extract bench-fairness bench-throughput bench-client services clean
 
 help: ## List every target
@@ -55,9 +55,12 @@ lint: install ## ruff
 	$(BIN)/ruff check .
 
 typecheck: install ## mypy
-	$(BIN)/mypy service tasks ocr client bench
+	$(BIN)/mypy service tasks ocr pagelane bench
 
-check: lint typecheck ## lint + typecheck
+check-unasync: install ## The sync client (pagelane/_sync) is what pagelane/_async generates
+	$(BIN)/python -m pagelane._codegen --check
+
+check: lint typecheck check-unasync ## lint + typecheck + the generated sync client is current
 
 bench: bench-api bench-extract bench-fairness bench-throughput bench-client ## Every benchmark (prints ratios)
 

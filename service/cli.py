@@ -497,9 +497,49 @@ def _wait_for_port(port: int, timeout: float = 15) -> None:
     raise click.ClickException(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
-from client.cli import register_client_commands  # noqa: E402 - the client side of `pagelane`
+# --- the server's commands in `pagelane` (the SDK's pagelane.cli:main) ---------------------------
 
-register_client_commands(main)
+# What the server commands cannot run without; a plain `pip install pagelane` (the SDK) has none.
+SERVER_MODULES = ("flask", "celery", "sqlalchemy")
+
+
+def require_server_extra() -> None:
+    """A ClickException naming the extra to install when the server's packages are missing."""
+    import importlib.util
+
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.ClickException(
+            f"this command runs the Pagelane server, which is not installed here (no "
+            f"{', '.join(missing)}): pip install 'pagelane[server]'"
+        )
+
+
+def _checking_server_extra(command: click.Command) -> click.Command:
+    import copy
+    import functools
+
+    callback = command.callback
+    if callback is None:
+        return command
+
+    @functools.wraps(callback)
+    def checked(*args: object, **kwargs: object) -> object:
+        require_server_extra()
+        return callback(*args, **kwargs)
+
+    checking = copy.copy(command)
+    checking.callback = checked
+    return checking
+
+
+def register(group: click.Group) -> None:
+    """Add the server's commands (db, keys, customers, api, worker, beat, flower, up) to
+    ``group``, each checking first that the server extra is installed. The ``pagelane.commands``
+    entry point (pyproject.toml): `pagelane.cli:main` calls it with the `pagelane` group."""
+    for name, command in main.commands.items():
+        group.add_command(_checking_server_extra(command), name)
+
 
 if __name__ == "__main__":
     main()
