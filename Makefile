@@ -13,7 +13,8 @@ APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd tesseract-ocr-
 BUILD_PACKAGES := gcc python3-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-fast test-api lint format typecheck check-imports check bench \
+.PHONY: help install system-deps run test test-fast test-api lint format typecheck check-imports \
+	check-unasync check bench \
 	bench-api bench-extract bench-fairness bench-throughput bench-client services clean
 
 help: ## List every target
@@ -60,12 +61,15 @@ format: install ## Reformat every file (ruff format) and apply ruff's safe fixes
 	$(BIN)/ruff check --fix .
 
 typecheck: install ## mypy
-	$(BIN)/mypy service tasks ocr client bench
+	$(BIN)/mypy service tasks ocr pagelane bench
 
 check-imports: install ## The import contracts (layers, no Flask in workers, no cycles): import-linter
 	$(BIN)/lint-imports
 
-check: lint typecheck check-imports ## Everything CI checks before the tests (pre-commit runs it too)
+check-unasync: install ## The sync client (pagelane/_sync) is what pagelane/_async generates
+	$(BIN)/python -m pagelane._codegen --check
+
+check: lint typecheck check-imports check-unasync ## Everything CI checks before the tests (pre-commit runs it too)
 
 bench: bench-api bench-extract bench-fairness bench-throughput bench-client ## Every benchmark (prints ratios)
 

@@ -46,9 +46,12 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from client import Client, FileSpec  # noqa: E402
+from pagelane import Client, FileSpec  # noqa: E402
 
-CLI = [sys.executable, "-m", "service.cli"]  # what the `pagelane` script runs
+# What the `pagelane` script runs: the client commands (pagelane.cli) and the server's
+# (service.cli, plugged into `pagelane` through the pagelane.commands entry point).
+CLI = [sys.executable, "-m", "pagelane.cli"]
+SERVER_CLI = [sys.executable, "-m", "service.cli"]
 
 WORDS = [
     *("batch", "lane", "extraction", "document", "worker", "cursor", "upload", "result"),
@@ -114,7 +117,7 @@ class EmbeddedStack:
         env["PAGELANE_DATA_DIR"] = str(data_dir)
         self.log = open(data_dir.parent / "up.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [*CLI, "up", "--port", str(self.port), "--workers", str(workers)],
+            [*SERVER_CLI, "up", "--port", str(self.port), "--workers", str(workers)],
             cwd=ROOT,
             env=env,
             stdout=self.log,

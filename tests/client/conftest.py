@@ -256,11 +256,12 @@ def copy_corpus(destination: Path, layout: dict[str, str]) -> Path:
 
 
 class CliProcess:
-    """`python -m service.cli ...` with its output collected line by line as it comes."""
+    """`python -m pagelane.cli ...` (the client commands of `pagelane`) with its output collected
+    line by line as it comes."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args],
+            [sys.executable, "-m", "pagelane.cli", *args],
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,

@@ -9,13 +9,13 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from service.cli import main
+from pagelane.cli import cli
 from tests.client.conftest import Customer, LiveStack
 from tests.conftest import CORPUS
 
 
 def invoke(customer: Customer, *args: Any) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], env=customer.env())
+    return CliRunner().invoke(cli, [str(a) for a in args], env=customer.env())
 
 
 def test_submit_wait_status_download_and_cancel(live: LiveStack, tmp_path: Path) -> None:
@@ -91,6 +91,6 @@ def test_commands_fail_with_exit_1_on_api_and_usage_errors(live: LiveStack, tmp_
     assert missing.exit_code == 1 and "Missing option '--out'" in missing.output
 
     no_key = CliRunner().invoke(
-        main, ["status", "batch_x"], env={"PAGELANE_API_KEY": "", "EXTRACT_API_KEY": ""}
+        cli, ["status", "batch_x"], env={"PAGELANE_API_KEY": "", "EXTRACT_API_KEY": ""}
     )
     assert no_key.exit_code == 1 and "no API key" in no_key.stderr

@@ -15,7 +15,7 @@ import pytest
 from werkzeug.serving import make_server
 
 import ocr
-from client import (
+from pagelane import (
     ApiError,
     AsyncClient,
     Batch,
@@ -26,7 +26,7 @@ from client import (
     RetryPolicy,
     UploadInstructions,
 )
-from client.config import resolve_api_key, resolve_api_url
+from pagelane.config import resolve_api_key, resolve_api_url
 from tests.client.conftest import Fault, LiveStack, serve
 from tests.conftest import CORPUS
 

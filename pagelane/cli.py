@@ -1,5 +1,6 @@
-"""The client side of the `pagelane` command: `run`, `submit`, `status`, `wait`, `download`,
-`cancel`.
+"""The `pagelane` command (:func:`main`, the console script): the client commands `run`,
+`submit`, `status`, `wait`, `download`, `cancel`, and whatever installed packages add through
+the ``pagelane.commands`` entry points (the server's: `api`, `worker`, `up`, `db`, ...).
 
 They talk to an API over HTTP only (``$PAGELANE_API_URL``, key in ``$PAGELANE_API_KEY``), so
 they work from any machine. Exit codes, for scripts: 0 everything succeeded; 2 some items
@@ -14,27 +15,28 @@ import gc
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from client.errors import ApiError, ConfigurationError, PagelaneConnectionError
-from client.models import Batch, BatchItem, FileSpec
-from client.progress import make_reporter
-from client.protocol import RetryNotice
-from client.runner import (
+from pagelane._sync.client import Client
+from pagelane.errors import ApiError, ConfigurationError, PagelaneConnectionError
+from pagelane.models import Batch, BatchItem, FileSpec
+from pagelane.progress import make_reporter
+from pagelane.protocol import RetryNotice
+from pagelane.runner import (
     ERRORS_FILENAME,
     RunFailedError,
     RunInterruptedError,
     RunPlan,
     run_folder,
 )
-from client.state import StateError, json_line, write_atomically
-from client.sync_client import Client
+from pagelane.state import StateError, json_line, write_atomically
 
 if TYPE_CHECKING:
-    from client.async_client import AsyncClient
+    from pagelane._async.client import AsyncClient
 
 T = TypeVar("T")
 EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -66,12 +68,6 @@ class ClientCommand(click.Command):
             return super().invoke(ctx)
         except click.UsageError as exc:
             raise ClientUsageError(exc.format_message(), exc.ctx) from exc
-
-
-def register_client_commands(group: click.Group) -> None:
-    """Add the client commands to the `pagelane` group (called once by service/cli.py)."""
-    for command in (run, submit, status, wait, download, cancel):
-        group.add_command(command)
 
 
 api_url_option = click.option(
@@ -484,7 +480,7 @@ def _safe_relative(name: str) -> str:
 
 
 def _with_client(api_url: str | None, work: Callable[[AsyncClient], Awaitable[T]]) -> T:
-    from client.async_client import AsyncClient  # here: `pagelane run` never loads it
+    from pagelane._async.client import AsyncClient  # here: `pagelane run` never loads it
 
     async def go() -> T:
         async with AsyncClient(
@@ -553,3 +549,55 @@ def _terminal_exit_code(batch: Batch) -> int:
 def _echo_json(batch: Batch) -> None:
     body = batch.model_dump(mode="json", exclude={"items", "next_cursor"})
     click.echo(json.dumps(body, indent=2))
+
+
+# --- the `pagelane` group ----------------------------------------------------------------------
+
+# Each entry point of this group names a function that takes the `pagelane` click group and adds
+# commands to it. The server's (pyproject.toml: `server = "service.cli:register"`) is the only
+# link between the SDK and the server: this package imports nothing of it.
+COMMANDS_ENTRY_POINT_GROUP = "pagelane.commands"
+
+
+@click.group()
+def cli() -> None:
+    """Pagelane: a self-hosted async batch lane for document extraction.
+
+    The client commands talk to an API over HTTP; the server's (api, worker, up, ...) need the
+    server extra: pip install 'pagelane[server]'.
+    """
+
+
+for _command in (run, submit, status, wait, download, cancel):
+    cli.add_command(_command)
+
+_plugins_loaded = False
+
+
+def load_plugin_commands(group: click.Group) -> None:
+    """Call every ``pagelane.commands`` entry point with ``group`` (once per process for
+    :data:`cli`). One that fails to load is reported on stderr; the others still work."""
+    for entry_point in entry_points(group=COMMANDS_ENTRY_POINT_GROUP):
+        try:
+            register = entry_point.load()
+        except Exception as exc:
+            click.echo(
+                f"pagelane: the {entry_point.name!r} commands ({entry_point.value}) did not "
+                f"load: {exc}",
+                err=True,
+            )
+            continue
+        register(group)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script: the client commands plus every installed plugin's."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        load_plugin_commands(cli)
+    cli.main(args=list(argv) if argv is not None else None, prog_name="pagelane")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """`pagelane run DIR --out OUT`: a folder of documents in, a folder of results out.
 
-The phases, each resumable from ``OUT/.pagelane-run.json`` (see :mod:`client.state`):
+The phases, each resumable from ``OUT/.pagelane-run.json`` (see :mod:`pagelane.state`):
 
 1. Scan DIR; files unchanged since the last invocation keep what the server already knows.
 2. Register new files in bulk (hashing them on the way: the SHA-256 lets the worker verify the
@@ -43,8 +43,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from client.errors import ApiError
-from client.models import (
+from pagelane._sync.client import Client
+from pagelane.errors import ApiError
+from pagelane.models import (
     TERMINAL_BATCH_STATUSES,
     TERMINAL_ITEM_STATUSES,
     BatchItem,
@@ -53,11 +54,10 @@ from client.models import (
     ItemError,
     sha256_of_file,
 )
-from client.progress import Reporter, RunProgress
-from client.protocol import BULK_REGISTRATION_LIMIT
-from client.state import BatchEntry, FileEntry, StateStore, json_line, write_atomically
-from client.sync_client import Client
-from client.walk import LocalFile, scan_folder
+from pagelane.progress import Reporter, RunProgress
+from pagelane.protocol import BULK_REGISTRATION_LIMIT
+from pagelane.state import BatchEntry, FileEntry, StateStore, json_line, write_atomically
+from pagelane.walk import LocalFile, scan_folder
 
 T = TypeVar("T")
 ERRORS_FILENAME = "errors.jsonl"
@@ -178,7 +178,7 @@ def run_folder(client: Client, plan: RunPlan, reporter: Reporter) -> RunSummary:
     """Run ``plan`` to the end (or to Ctrl-C) and return the summary.
 
     Raises :class:`RunInterruptedError` on Ctrl-C (state saved), :class:`RunFailedError` when
-    the server refuses the work, :class:`client.state.StateError` when OUT holds another run,
+    the server refuses the work, :class:`pagelane.state.StateError` when OUT holds another run,
     and the SDK's errors when the API stays unreachable. The state is saved in every case.
     """
     plan.out.mkdir(parents=True, exist_ok=True)

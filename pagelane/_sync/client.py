@@ -1,7 +1,12 @@
-"""The blocking SDK: :class:`Client` with ``files``, ``batches`` and ``results``.
+# Generated from pagelane/_async/client.py by `python -m pagelane._codegen` (unasync);
+# do not edit: change the async file and regenerate (`make check` fails when they drift).
+"""The SDK's clients, each with ``files``, ``batches`` and ``results``.
 
-:class:`client.async_client.AsyncClient` has the same methods, awaited. Both send every call
-through one retry loop (see :mod:`client.protocol` for what is retried and how long it waits).
+:class:`pagelane.AsyncClient` is written in ``pagelane/_async/client.py``;
+:class:`pagelane.Client`, in ``pagelane/_sync/client.py``, is generated from it by
+``python -m pagelane._codegen`` (the same code without ``async``/``await``): edit the first,
+then regenerate. Both send every call through one retry loop; what is retried, how long to wait
+and which error to raise come from :mod:`pagelane.protocol`.
 """
 
 from __future__ import annotations
@@ -17,10 +22,19 @@ from typing import Any, TypeVar
 
 import httpx
 
-from client import protocol
-from client.config import RetryPolicy, resolve_api_key, resolve_api_url
-from client.errors import ApiError, PagelaneConnectionError
-from client.models import (
+from pagelane import protocol
+from pagelane._common import (
+    BLOCK_SIZE,
+    QUICK_POLL_SECONDS,
+    STREAM_THRESHOLD,
+    UploadSource,
+    source_length,
+    upload_instructions,
+    user_agent,
+)
+from pagelane.config import RetryPolicy, resolve_api_key, resolve_api_url
+from pagelane.errors import ApiError, PagelaneConnectionError
+from pagelane.models import (
     Batch,
     BatchItem,
     BatchList,
@@ -30,23 +44,9 @@ from client.models import (
     FileSpec,
     UploadInstructions,
 )
-from client.protocol import ApiCall, RetryNotice
+from pagelane.protocol import ApiCall, RetryNotice
 
 T = TypeVar("T")
-UploadSource = bytes | str | os.PathLike[str]
-# Bodies up to this size are read whole; larger ones stream from disk in blocks.
-STREAM_THRESHOLD = 8 * 1024 * 1024
-BLOCK_SIZE = 1024 * 1024
-# A change feed polls this soon after a page that had changes (poll_interval is the longest
-# wait, reached when nothing changes): the last result of a batch arrives a quarter second
-# after it is ready instead of up to a full interval later.
-QUICK_POLL_SECONDS = 0.25
-
-
-def user_agent() -> str:
-    from client import __version__
-
-    return f"pagelane-python/{__version__}"
 
 
 class Client:
@@ -54,8 +54,9 @@ class Client:
 
     ``api_key`` defaults to ``$PAGELANE_API_KEY`` (then ``$EXTRACT_API_KEY``) and ``base_url``
     to ``$PAGELANE_API_URL`` (then ``http://127.0.0.1:8080``). Every call is retried according
-    to ``retry``; ``on_retry`` hears about each wait. Thread-safe: one client can serve a pool
-    of upload threads. Use it as a context manager, or call :meth:`close`.
+    to ``retry``; ``on_retry`` hears about each wait. One client can be shared: by a pool of
+    upload threads (``Client``), by the tasks of one event loop (``AsyncClient``). Use it as a
+    context manager (``with`` / ``async with``), or close it (``close()`` / ``aclose()``).
     """
 
     def __init__(
@@ -196,7 +197,8 @@ class Files:
                     if self._bulk_supported or not protocol.bulk_unsupported(exc):
                         raise
                     self._bulk_supported = False
-            registered.extend(self._client.call(protocol.create_file(spec)) for spec in chunk)
+            for spec in chunk:
+                registered.append(self._client.call(protocol.create_file(spec)))
         return registered
 
     def upload(self, file: File | UploadInstructions, source: UploadSource) -> None:
@@ -205,8 +207,8 @@ class Files:
         Network errors, 429 and 5xx are retried; any other answer (403: the URL expired or the
         size differs from the registered one) raises :class:`ApiError` with the store's code.
         """
-        instructions = _instructions(file)
-        length = _source_length(source)
+        instructions = upload_instructions(file)
+        length = source_length(source)
 
         def send() -> httpx.Response:
             headers = {**instructions.headers, "Content-Length": str(length)}
@@ -271,8 +273,8 @@ class Batches:
         poll_interval: float = 1.0,
         page_size: int = 500,
     ) -> ChangeFeed:
-        """Every item change from ``cursor`` on, until the batch is terminal (see ChangeFeed);
-        ``poll_interval`` is the longest wait between two polls."""
+        """Every item change from ``cursor`` on, until the batch is terminal (see the change
+        feed: ``for`` / ``async for``); ``poll_interval`` is the longest wait between two polls."""
         return ChangeFeed(self, batch_id, cursor, poll_interval, page_size, self._client._sleep)
 
     def cancel(self, batch_id: str) -> Batch:
@@ -300,7 +302,8 @@ class ChangeFeed(Iterator[BatchItem]):
     before asking again: a quarter second while items keep changing, doubling while nothing
     does, up to ``poll_interval``. It stops after the batch is terminal and a page came back
     incomplete, which by SPEC's cursor guarantee means every item's final state was seen.
-    ``sleep`` is how it waits (``time.sleep``); replace it to do other work in the meantime.
+    ``sleep`` is how it waits (the client's: ``time.sleep`` for ``Client``, ``asyncio.sleep``
+    for ``AsyncClient``); replace it to do other work in the meantime.
 
     ``cursor`` is safe to persist: it only moves past a page after every item of that page has
     been handed out and the caller asked for the next, so resuming from it never skips an item
@@ -329,7 +332,7 @@ class ChangeFeed(Iterator[BatchItem]):
         return self
 
     def __next__(self) -> BatchItem:
-        return next(self._items)
+        return self._items.__next__()
 
     def _follow(self) -> Iterator[BatchItem]:
         quick = delay = min(QUICK_POLL_SECONDS, self._poll_interval)
@@ -418,22 +421,6 @@ class Results:
         return True
 
 
-def _instructions(file: File | UploadInstructions) -> UploadInstructions:
-    if isinstance(file, UploadInstructions):
-        return file
-    if file.upload is None:
-        raise ValueError(
-            f"{file.id} has no upload instructions: only the answer to files.create carries them"
-        )
-    return file.upload
-
-
-def _source_length(source: UploadSource) -> int:
-    if isinstance(source, bytes):
-        return len(source)
-    return Path(source).stat().st_size
-
-
 def _read_source(source: UploadSource) -> bytes | Iterator[bytes]:
     """The body of one attempt: bytes as they are, a small file whole, a large one in blocks
     (read afresh on every attempt, so a retry resends from the first byte)."""
@@ -446,6 +433,8 @@ def _read_source(source: UploadSource) -> bytes | Iterator[bytes]:
 
 
 def _blocks(path: Path) -> Iterator[bytes]:
+    # Local reads of 1 MiB blocks take well under a millisecond: inline, even in the async client
+    # (a thread per block would cost more than the read).
     with open(path, "rb") as stream:
         while block := stream.read(BLOCK_SIZE):
             yield block

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from client.models import ItemError, UploadInstructions
+from pagelane.models import ItemError, UploadInstructions
 
 STATE_FILENAME = ".pagelane-run.json"
 STATE_VERSION = 1

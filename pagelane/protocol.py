@@ -18,9 +18,9 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from client.config import RetryPolicy
-from client.errors import ApiError
-from client.models import Batch, BatchList, BatchOptions, File, FileSpec, as_options
+from pagelane.config import RetryPolicy
+from pagelane.errors import ApiError
+from pagelane.models import Batch, BatchList, BatchOptions, File, FileSpec, as_options
 
 T = TypeVar("T")
 

@@ -1,7 +1,10 @@
-"""The asyncio SDK: :class:`AsyncClient`, the same methods as :class:`client.Client`, awaited.
+"""The SDK's clients, each with ``files``, ``batches`` and ``results``.
 
-What is retried, how long to wait and which error to raise come from :mod:`client.protocol`,
-shared with the sync client; only sending and sleeping differ here.
+:class:`pagelane.AsyncClient` is written in ``pagelane/_async/client.py``;
+:class:`pagelane.Client`, in ``pagelane/_sync/client.py``, is generated from it by
+``python -m pagelane._codegen`` (the same code without ``async``/``await``): edit the first,
+then regenerate. Both send every call through one retry loop; what is retried, how long to wait
+and which error to raise come from :mod:`pagelane.protocol`.
 """
 
 from __future__ import annotations
@@ -18,10 +21,19 @@ from typing import Any, TypeVar
 
 import httpx
 
-from client import protocol
-from client.config import RetryPolicy, resolve_api_key, resolve_api_url
-from client.errors import ApiError, PagelaneConnectionError
-from client.models import (
+from pagelane import protocol
+from pagelane._common import (
+    BLOCK_SIZE,
+    QUICK_POLL_SECONDS,
+    STREAM_THRESHOLD,
+    UploadSource,
+    source_length,
+    upload_instructions,
+    user_agent,
+)
+from pagelane.config import RetryPolicy, resolve_api_key, resolve_api_url
+from pagelane.errors import ApiError, PagelaneConnectionError
+from pagelane.models import (
     Batch,
     BatchItem,
     BatchList,
@@ -31,24 +43,19 @@ from client.models import (
     FileSpec,
     UploadInstructions,
 )
-from client.protocol import ApiCall, RetryNotice
-from client.sync_client import (
-    BLOCK_SIZE,
-    QUICK_POLL_SECONDS,
-    STREAM_THRESHOLD,
-    UploadSource,
-    _instructions,
-    _source_length,
-    user_agent,
-)
+from pagelane.protocol import ApiCall, RetryNotice
 
 T = TypeVar("T")
 
 
 class AsyncClient:
-    """The asyncio twin of :class:`client.Client` (same arguments, same methods, awaited).
+    """A connection to a Pagelane (or extract.page) API.
 
-    Safe to share between tasks of one event loop; ``async with`` closes it.
+    ``api_key`` defaults to ``$PAGELANE_API_KEY`` (then ``$EXTRACT_API_KEY``) and ``base_url``
+    to ``$PAGELANE_API_URL`` (then ``http://127.0.0.1:8080``). Every call is retried according
+    to ``retry``; ``on_retry`` hears about each wait. One client can be shared: by a pool of
+    upload threads (``Client``), by the tasks of one event loop (``AsyncClient``). Use it as a
+    context manager (``with`` / ``async with``), or close it (``close()`` / ``aclose()``).
     """
 
     def __init__(
@@ -78,7 +85,8 @@ class AsyncClient:
             limits=limits,
             transport=transport,
         )
-        # No default headers: the API key must never travel to the blob store.
+        # Presigned URLs carry their own credentials. A separate client without default headers
+        # guarantees the API key never travels to the blob store (S3, a CDN, ...).
         self._blobs = httpx.AsyncClient(
             headers={"User-Agent": user_agent()}, timeout=timeout, limits=limits
         )
@@ -154,7 +162,7 @@ class AsyncFiles:
 
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
-        self._bulk_supported: bool | None = None
+        self._bulk_supported: bool | None = None  # learnt from the first bulk call
 
     async def create(
         self,
@@ -193,10 +201,13 @@ class AsyncFiles:
         return registered
 
     async def upload(self, file: File | UploadInstructions, source: UploadSource) -> None:
-        """PUT ``source`` (bytes or a path) to the file's presigned URL with its headers;
-        network errors, 429 and 5xx are retried, other answers raise :class:`ApiError`."""
-        instructions = _instructions(file)
-        length = _source_length(source)
+        """PUT ``source`` (bytes or a path) to the file's presigned URL with its headers.
+
+        Network errors, 429 and 5xx are retried; any other answer (403: the URL expired or the
+        size differs from the registered one) raises :class:`ApiError` with the store's code.
+        """
+        instructions = upload_instructions(file)
+        length = source_length(source)
 
         async def send() -> httpx.Response:
             headers = {**instructions.headers, "Content-Length": str(length)}
@@ -228,8 +239,12 @@ class AsyncBatches:
         engine: str | None = None,
         idempotency_key: str | None = None,
     ) -> Batch:
-        """Submit uploaded files as one batch (a random ``idempotency_key`` when none is given,
-        so retries never make a second batch; pass your own to survive a crash)."""
+        """Submit uploaded files as one batch.
+
+        Without ``idempotency_key`` a random one is generated, so the SDK's own retries of this
+        call can never create a second batch. Pass a key derived from your input to make a
+        resubmission after a crash return the batch created the first time.
+        """
         call = protocol.create_batch(
             file_ids,
             idempotency_key=idempotency_key or protocol.new_idempotency_key(),
@@ -261,7 +276,8 @@ class AsyncBatches:
         poll_interval: float = 1.0,
         page_size: int = 500,
     ) -> AsyncChangeFeed:
-        """Every item change from ``cursor`` on, until the batch is terminal (``async for``)."""
+        """Every item change from ``cursor`` on, until the batch is terminal (see the change
+        feed: ``for`` / ``async for``); ``poll_interval`` is the longest wait between two polls."""
         return AsyncChangeFeed(
             self, batch_id, cursor, poll_interval, page_size, self._client._sleep
         )
@@ -284,10 +300,20 @@ class AsyncBatches:
             await self._client._sleep(poll_interval)
 
 
-class AsyncChangeFeed:
-    """The asyncio :class:`client.sync_client.ChangeFeed`: ``async for item in feed``, with the
-    same ``cursor`` (safe to persist) and ``batch`` attributes, and the same polling and
-    stopping rules. ``sleep`` is the coroutine function it waits with."""
+class AsyncChangeFeed(AsyncIterator[BatchItem]):
+    """Iterates items as they change, following ``next_cursor``; ends when the batch is terminal.
+
+    A full page is followed at once; an incomplete one means "caught up", so the feed waits
+    before asking again: a quarter second while items keep changing, doubling while nothing
+    does, up to ``poll_interval``. It stops after the batch is terminal and a page came back
+    incomplete, which by SPEC's cursor guarantee means every item's final state was seen.
+    ``sleep`` is how it waits (the client's: ``time.sleep`` for ``Client``, ``asyncio.sleep``
+    for ``AsyncClient``); replace it to do other work in the meantime.
+
+    ``cursor`` is safe to persist: it only moves past a page after every item of that page has
+    been handed out and the caller asked for the next, so resuming from it never skips an item
+    the caller did not get. ``batch`` is the latest batch resource (status, counts).
+    """
 
     def __init__(
         self,
@@ -353,8 +379,8 @@ class AsyncResults:
     async def download(
         self, batch_id: str, item_id: str, destination: str | os.PathLike[str]
     ) -> Path:
-        """Stream the result JSON into ``destination``, all or nothing (written beside it and
-        renamed into place)."""
+        """Stream the result JSON into ``destination`` (all or nothing: written beside it and
+        renamed into place, so a crash never leaves half a file under the final name)."""
         client = self._client
         target = Path(destination)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -363,9 +389,7 @@ class AsyncResults:
         try:
             while True:
                 attempt += 1
-                location = await client.call(
-                    client._result_route.locate(batch_id, item_id)
-                )
+                location = await client.call(client._result_route.locate(batch_id, item_id))
                 if location.body is not None:
                     partial.write_bytes(location.body)
                     break
@@ -391,6 +415,7 @@ class AsyncResults:
                 partial.unlink()
 
     async def _stream_to(self, url: str, partial: Path, attempt: int) -> bool:
+        """One GET of the signed URL into ``partial``; False when it should be tried again."""
         client = self._client
         async with client._blobs.stream("GET", url) as response:
             if response.status_code != 200:
@@ -407,6 +432,8 @@ class AsyncResults:
 
 
 def _read_source(source: UploadSource) -> bytes | AsyncIterator[bytes]:
+    """The body of one attempt: bytes as they are, a small file whole, a large one in blocks
+    (read afresh on every attempt, so a retry resends from the first byte)."""
     if isinstance(source, bytes):
         return source
     path = Path(source)
@@ -416,7 +443,8 @@ def _read_source(source: UploadSource) -> bytes | AsyncIterator[bytes]:
 
 
 async def _blocks(path: Path) -> AsyncIterator[bytes]:
-    # Local reads of 1 MiB blocks take well under a millisecond; not worth a thread each.
+    # Local reads of 1 MiB blocks take well under a millisecond: inline, even in the async client
+    # (a thread per block would cost more than the read).
     with open(path, "rb") as stream:
         while block := stream.read(BLOCK_SIZE):
             yield block

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from client.config import RetryPolicy
-from client.errors import ApiError, ConfigurationError, PagelaneConnectionError, PagelaneError
-from client.models import (
+from pagelane._sync.client import ChangeFeed, Client
+from pagelane._version import __version__
+from pagelane.config import RetryPolicy
+from pagelane.errors import ApiError, ConfigurationError, PagelaneConnectionError, PagelaneError
+from pagelane.models import (
     Batch,
     BatchCounts,
     BatchItem,
@@ -27,10 +29,7 @@ from client.models import (
     ItemError,
     UploadInstructions,
 )
-from client.protocol import RetryNotice
-from client.sync_client import ChangeFeed, Client
-
-__version__ = "0.1.0"
+from pagelane.protocol import RetryNotice
 
 # The async client loads on first use: the `pagelane` command and sync scripts never need it,
 # and every command starts faster without it.
@@ -39,14 +38,14 @@ _LAZY = {"AsyncClient", "AsyncChangeFeed"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from client import async_client
+        from pagelane._async import client
 
-        return getattr(async_client, name)
-    raise AttributeError(f"module 'client' has no attribute {name!r}")
+        return getattr(client, name)
+    raise AttributeError(f"module 'pagelane' has no attribute {name!r}")
 
 
 if TYPE_CHECKING:
-    from client.async_client import AsyncChangeFeed, AsyncClient
+    from pagelane._async.client import AsyncChangeFeed, AsyncClient
 
 __all__ = [
     "ApiError",

@@ -7,7 +7,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from client.errors import ConfigurationError
+from pagelane.errors import ConfigurationError
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"  # where `pagelane up` / `make run` listen
 API_URL_ENV = "PAGELANE_API_URL"
