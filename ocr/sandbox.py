@@ -241,7 +241,7 @@ class Sandbox:
             except queue.Empty:
                 break
             if child is not None:
-                child.stop()
+                self._retire(child, kill=False)
         self._reap(wait=True)
 
     def __enter__(self) -> Sandbox:
@@ -271,7 +271,7 @@ class Sandbox:
             if child is not None:
                 self._busy.discard(child)
         if closed and child is not None:
-            child.stop()
+            self._retire(child, kill=False)
             child = None
         self._idle.put(child)
         self._reap(wait=False)
