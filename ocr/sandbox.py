@@ -104,6 +104,10 @@ OnPage = Callable[[int, int], None]
 #: a child exits with this code when Python ran out of memory and it could not report it
 _EXIT_MEMORY = 86
 _MB = 1024 * 1024
+#: extract_bytes/probe_bytes send inputs up to this size down the pipe, larger ones via a file
+INLINE_MAX_BYTES = 1024 * 1024
+#: the child reports progress at most this often (on_page still sees every page, in order)
+PROGRESS_INTERVAL_S = 0.1
 
 
 class SandboxCrashError(RuntimeError):
@@ -218,12 +222,44 @@ class Sandbox:
         kind, content_type, page_count = reply["result"]
         return Probe(str(kind), str(content_type), int(page_count))
 
-    def extract_bytes(self, data: bytes, options: Mapping[str, Any] | None = None,
-                      **kwargs: Any) -> dict[str, Any]:
-        """:meth:`extract` of in-memory bytes, through a private temporary file (for callers
-        that hold the bytes anyway; streaming the input to a file is better)."""
-        with input_file(data) as path:
-            return self.extract(path, options, **kwargs)
+    def extract_bytes(
+        self,
+        data: bytes,
+        options: Mapping[str, Any] | None = None,
+        *,
+        filename: str | None = None,
+        file_id: str | None = None,
+        config: EngineConfig | None = None,
+        on_page: OnPage | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`extract` of bytes the caller holds anyway. Up to ``INLINE_MAX_BYTES`` they
+        go down the pipe (cheaper than a file for a short document); larger ones through a
+        private temporary file."""
+        if len(data) > INLINE_MAX_BYTES:
+            with input_file(data) as path:
+                return self.extract(path, options, filename=filename, file_id=file_id,
+                                    config=config, on_page=on_page, timeout_s=timeout_s)
+        job = {
+            "op": "extract",
+            "options": dict(options) if options is not None else None,
+            "filename": filename,
+            "file_id": file_id,
+        }
+        reply = self._run(job, config or EngineConfig(), on_page, timeout_s, bytes(data))
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    def probe_bytes(
+        self, data: bytes, *, config: EngineConfig | None = None, timeout_s: float | None = None
+    ) -> Probe:
+        """:meth:`probe` of bytes the caller holds (inline or through a file, as above)."""
+        if len(data) > INLINE_MAX_BYTES:
+            with input_file(data) as path:
+                return self.probe(path, config=config, timeout_s=timeout_s)
+        reply = self._run({"op": "probe"}, config or EngineConfig(), None, timeout_s, bytes(data))
+        kind, content_type, page_count = reply["result"]
+        return Probe(str(kind), str(content_type), int(page_count))
 
     def pids(self) -> list[int]:
         """Process ids of the live children (for tests and diagnostics)."""
@@ -314,6 +350,7 @@ class Sandbox:
         config: EngineConfig,
         on_page: OnPage | None,
         timeout_s: float | None,
+        inline: bytes | None = None,
     ) -> dict[str, Any]:
         limits = self.limits
         if timeout_s is None:
@@ -333,7 +370,7 @@ class Sandbox:
                 child = None
                 raise gone.error from None
             try:
-                reply = child.run(job, config, on_page, timeout_s, limits.memory_mb)
+                reply = child.run(job, config, on_page, timeout_s, limits.memory_mb, inline)
             except _JobFailed as failed:  # the document's error; the child is fine
                 raise failed.error from None
             except _ChildGone as gone:
@@ -448,12 +485,16 @@ class _Child:
                 _emit_log(msg)
 
     def run(self, job: dict[str, Any], config: EngineConfig, on_page: OnPage | None,
-            timeout_s: float, memory_mb: int) -> dict[str, Any]:
+            timeout_s: float, memory_mb: int, inline: bytes | None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
-        if config is not self._config:
+        pages_done = 0
+        if config != self._config:
             job["config"] = dataclasses.asdict(config)
         try:
+            job["inline"] = inline is not None
             self.requests.send_bytes(json.dumps(job).encode())
+            if inline is not None:
+                self.requests.send_bytes(inline)
         except OSError as exc:  # the child died while idle
             raise _ChildGone(self._death_error(memory_mb)) from exc
         self._config = config
@@ -467,11 +508,13 @@ class _Child:
                 ))
             kind = msg.get("t")
             if kind == "page":
-                if on_page is not None:
-                    on_page(int(msg["done"]), int(msg["count"]))
+                pages_done = self._replay(on_page, pages_done, int(msg["done"]), int(msg["count"]))
             elif kind == "log":
                 _emit_log(msg)
             elif kind == "ok":
+                if job["op"] == "extract":
+                    count = int(msg["result"]["page_count"])
+                    self._replay(on_page, pages_done, count, count)
                 return msg
             elif kind == "error":
                 error = _rebuild_error(msg, memory_mb)
@@ -480,6 +523,14 @@ class _Child:
                 raise _JobFailed(error)
             else:
                 raise _ChildGone(SandboxCrashError(f"unexpected sandbox message: {kind!r}"))
+
+    @staticmethod
+    def _replay(on_page: OnPage | None, done_before: int, done: int, count: int) -> int:
+        """Call ``on_page`` for every page finished since the last call, in order."""
+        if on_page is not None:
+            for page in range(done_before + 1, done + 1):
+                on_page(page, count)
+        return max(done_before, done)
 
     def _receive(
         self, deadline: float, *, memory_mb: int, starting: bool
@@ -689,7 +740,8 @@ def _child_main() -> None:
             job = json.loads(raw)
             if job.get("config") is not None:
                 config = EngineConfig(**job["config"])
-            result = _child_job(job, config, send)
+            inline = requests.recv_bytes() if job.get("inline") else None
+            result = _child_job(job, config, send, inline)
             payload = json.dumps({"t": "ok", "result": result}, separators=(",", ":"))
             del result
             if _rss_mb() > recycle_mb:
@@ -727,26 +779,39 @@ def _send_memory_error(send: Callable[[dict[str, Any]], None]) -> None:
 
 
 def _child_job(job: Mapping[str, Any], config: EngineConfig,
-               send: Callable[[dict[str, Any]], None]) -> Any:
+               send: Callable[[dict[str, Any]], None], inline: bytes | None) -> Any:
     import ocr
 
-    path = str(job["path"])
-    size = os.stat(path).st_size
-    if size > config.max_file_bytes:
-        raise ocr.DocumentTooLargeError(
-            f"The document is {size:,} bytes; the maximum is {config.max_file_bytes:,}."
-        )
-    with open(path, "rb") as fh:
-        data = fh.read()
+    if inline is not None:
+        data = inline
+    else:
+        path = str(job["path"])
+        size = os.stat(path).st_size
+        if size > config.max_file_bytes:
+            raise ocr.DocumentTooLargeError(
+                f"The document is {size:,} bytes; the maximum is {config.max_file_bytes:,}."
+            )
+        with open(path, "rb") as fh:
+            data = fh.read()
     if job["op"] == "probe":
         found = ocr.probe(data, config=config)
         return [found.kind, found.content_type, found.page_count]
 
-    def on_page(done: int, count: int) -> None:
-        send({"t": "page", "done": done, "count": count})
+    # Progress goes out at most every PROGRESS_INTERVAL_S (the parent replays every page in
+    # order from it, and from the final reply): a message per page would cost every short
+    # document two more process wake-ups, which is most of the sandbox's per-item cost.
+    last_sent = time.monotonic()
 
-    return ocr.extract(data, job.get("options"), filename=job.get("filename"),
-                       file_id=job.get("file_id"), config=config, on_page=on_page)
+    def on_page(done: int, count: int) -> None:
+        nonlocal last_sent
+        now = time.monotonic()
+        if now - last_sent >= PROGRESS_INTERVAL_S:
+            last_sent = now
+            send({"t": "page", "done": done, "count": count})
+
+    result = ocr.extract(data, job.get("options"), filename=job.get("filename"),
+                         file_id=job.get("file_id"), config=config, on_page=on_page)
+    return result
 
 
 #: one page, "warm", Helvetica: what _warm_up extracts once so pdfium and the text path are hot

@@ -24,6 +24,7 @@ import pytest
 from ocr_testkit import REPO
 
 import ocr
+import ocr.sandbox as sandbox_module
 from ocr.config import EngineConfig
 from ocr.images import open_image
 from ocr.sandbox import (
@@ -392,9 +393,24 @@ def test_close_stops_the_children_and_refuses_jobs(corpus_dir: Path) -> None:
     box.close()  # idempotent
 
 
-def test_extract_bytes_and_input_file(sandbox: Sandbox, corpus_dir: Path) -> None:
+def test_extract_bytes_inline_or_through_a_file(
+    sandbox: Sandbox, corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = (corpus_dir / "digital-lorem-pdflatex-4p.pdf").read_bytes()
+    expected = _canonical(ocr.extract(data, filename="a.pdf"))
+    assert _canonical(sandbox.extract_bytes(data, filename="a.pdf")) == expected
+    assert sandbox.probe_bytes(data).page_count == 4
+    monkeypatch.setattr(sandbox_module, "INLINE_MAX_BYTES", 10)  # now through a file
+    seen: list[int] = []
+    got = sandbox.extract_bytes(data, filename="a.pdf", on_page=lambda d, c: seen.append(d))
+    assert _canonical(got) == expected and seen == [1, 2, 3, 4]
+    assert sandbox.probe_bytes(data).page_count == 4
+    with pytest.raises(ocr.UnsupportedInputError):
+        sandbox.extract_bytes(b"")
+
+
+def test_input_file_is_private_and_removed(corpus_dir: Path) -> None:
     data = (corpus_dir / "digital-crazyones-1p.pdf").read_bytes()
-    assert sandbox.extract_bytes(data)["page_count"] == 1
     with input_file(data) as path:
         assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     assert not os.path.exists(path)
