@@ -51,13 +51,17 @@ IPC
     child's stdin/stdout, which native libraries may write to). Messages are JSON both ways, never
     pickle: a child that a malicious document took over (a memory-corruption bug in a parser) must
     not be able to run code in the parent, so the parent only ever decodes JSON, rebuilds errors
-    from an allow-list of :mod:`ocr.errors` classes, and caps the size of what it reads. The
-    result comes back through the pipe: for a one-page result (~10 KB of JSON) that costs
-    ~0.1 ms, less than creating, writing, reading and deleting a file (bench/sandbox.py measures
-    both), and the engine's results are JSON-ready already. Progress arrives as ``(pages_done,
-    page_count)`` messages, on which the parent calls ``on_page``; log records of the engine come
-    back as messages too and are re-emitted by the parent's ``logging`` under the same logger
-    names, so they carry the caller's context (item id) and formatting.
+    from an allow-list of :mod:`ocr.errors` classes, and caps the size of what it reads (the
+    child also gets a scrubbed environment: no credentials). The result comes back through the
+    pipe: for a one-page result (2 KB of JSON) that costs 0.15 ms against 0.39 ms for writing,
+    reading and deleting a file; for a 5.5 MB result both are ~0.4 s, all of it JSON encoding
+    (bench/sandbox.py). Inputs travel as a path the caller wrote, or, from
+    :meth:`Sandbox.extract_bytes` up to 1 MiB, down the pipe (saves ~0.3 ms of temp file).
+    Progress arrives as ``(pages_done, page_count)`` messages, at most one per 100 ms (a
+    message per page would cost a short document two more process wake-ups); the parent calls
+    ``on_page`` for every page in order, the last ones when the result arrives. Log records of
+    the engine come back as messages too and are re-emitted by the parent's ``logging`` under
+    the same logger names, so they carry the caller's context (item id) and formatting.
 
 Reuse and replacement
     A child serves jobs until it dies, is killed (timeout, an exception from ``on_page``, any
@@ -127,8 +131,10 @@ class SandboxLimits:
 
     #: memory a document may use on top of the child's own baseline (~80 MB virtual). 2048 MB
     #: fits the largest input the engine's own limits admit (an RGBA image at
-    #: ``max_image_pixels``: ~1.4 GB during conversion to gray) with room to spare, and is ~15x
-    #: the corpus's largest measured need (bench/sandbox.py prints it).
+    #: ``max_image_pixels``: ~1.4 GB during conversion to gray) with room to spare, and is 4.7x
+    #: the corpus's largest measured need (435 MB, a 9000 px scan; bench/sandbox.py --memory).
+    #: A 2-core worker running 2 pool children can peak at 2 x (budget + ~80 MB), plus as much
+    #: again in tesseract processes at worst: size the machine or lower it accordingly.
     memory_mb: int = 2048
     #: wall clock per job; None = the config's ``document_timeout_s`` + ``grace_s``.
     timeout_s: float | None = None
@@ -426,7 +432,9 @@ class _Child:
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         package_root = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ)
+        # only what the engine needs: the worker's and API's environment holds database and
+        # store credentials, which a child parsing hostile documents has no business seeing
+        env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV or k.startswith("LC_")}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_root, env.get("PYTHONPATH", "")) if p
         )
@@ -589,6 +597,13 @@ class _Child:
         for conn in (self.requests, self.replies):
             with contextlib.suppress(OSError):
                 conn.close()
+
+
+#: environment variables a child inherits (plus LC_*): the interpreter's, the locale, Tesseract's
+_CHILD_ENV = frozenset({
+    "PATH", "HOME", "LANG", "TMPDIR", "TZ", "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV",
+    "TESSDATA_PREFIX", "OMP_THREAD_LIMIT", "LD_LIBRARY_PATH", "PYTHONDONTWRITEBYTECODE",
+})
 
 
 def _killpg(proc: subprocess.Popen[bytes]) -> None:
