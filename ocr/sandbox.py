@@ -98,7 +98,7 @@ from typing import Any
 
 from ocr import errors as engine_errors
 from ocr.config import EngineConfig
-from ocr.engine import Probe
+from ocr.pipeline import Probe
 from ocr.errors import ExtractionError, ExtractionTimeoutError, ResourceLimitError
 
 log = logging.getLogger(__name__)

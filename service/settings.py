@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(
         7200, ge=60, description="Redis broker visibility timeout."
     )
+    sandbox_memory_mb: int = Field(
+        2048,
+        ge=256,
+        description="Memory one extraction may use (its capped child process; OCR included).",
+    )
     ocr_provider: Literal["tesseract", "http", "null"] = Field(
         "tesseract", description="OCR engine."
     )

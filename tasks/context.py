@@ -12,6 +12,7 @@ from functools import cached_property
 import redis
 from celery import Celery
 
+from ocr.sandbox import Sandbox, SandboxLimits
 from service.context import ServiceContext, make_context
 from service.settings import Settings
 from tasks.dispatch import Dispatcher, make_dispatcher, make_state_redis
@@ -34,9 +35,19 @@ class TaskContext(ServiceContext):
             lease_seconds=self.settings.lease_seconds,
         )
 
+    @cached_property
+    def sandbox(self) -> Sandbox:
+        """The capped child process every extraction of this process runs in (one: a pool
+        child works on one item at a time). Started on first use, kept warm after."""
+        sandbox = Sandbox(1, SandboxLimits(memory_mb=self.settings.sandbox_memory_mb))
+        sandbox.start()
+        return sandbox
+
     def close(self) -> None:
         if "lease_keeper" in self.__dict__:
             self.lease_keeper.close()
+        if "sandbox" in self.__dict__:
+            self.sandbox.close()
         super().close()
         self.redis.close()
 

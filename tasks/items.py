@@ -259,7 +259,7 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
     # second time (0.4 ms of a one-page item's 4 ms), and extraction raises the same errors.
     if claim.metered:
         try:
-            pages = ocr.probe(data, config=config).page_count
+            pages = ctx.sandbox.probe_bytes(data, config=config).page_count
         except ocr.errors.ExtractionError as exc:
             return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient))
         held = _reserve(ctx, claim, pages)
@@ -272,7 +272,9 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
     started = time.perf_counter()
     try:
         with ctx.lease_keeper.keeping(claim) as heartbeat:
-            result = ocr.extract(
+            # In the capped child: whatever the document does, this process and its other
+            # items survive (a bomb ends as extraction_failed, see ocr/sandbox.py).
+            result = ctx.sandbox.extract_bytes(
                 data,
                 claim.options,
                 filename=claim.filename,

@@ -45,6 +45,15 @@ class WorkerState:
     def reset_after_fork(self, **_: Any) -> None:
         # Drop (without closing) anything inherited from the parent: its sockets belong to it.
         self._context = None
+        # Start this pool child's sandbox now, so the first item does not wait for its child
+        # interpreter to import the engine (~0.5 s; it starts in the background).
+        self.context.sandbox.start()
+
+    def close_in_child(self, **_: Any) -> None:
+        """A pool child exits (recycled, or the worker stops): stop its sandbox child too."""
+        if self._context is not None:
+            self._context.close()
+            self._context = None
 
 
 def make_worker_app(settings: Settings) -> Celery:
@@ -63,6 +72,9 @@ def make_worker_app(settings: Settings) -> Celery:
     signals.task_postrun.connect(_forget_task, weak=False, dispatch_uid="pagelane.task_postrun")
     signals.worker_process_shutdown.connect(
         _child_exits, weak=False, dispatch_uid="pagelane.child_exits"
+    )
+    signals.worker_process_shutdown.connect(
+        state.close_in_child, weak=False, dispatch_uid="pagelane.close_in_child"
     )
 
     @app.task(name=PROCESS_ITEM, bind=False, ignore_result=True)

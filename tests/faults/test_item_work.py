@@ -1,5 +1,6 @@
 """An item's work, in process against the real database, Redis and blob store: the document is
-probed (opened a second time) only when the customer's quota needs its page count first."""
+probed (opened a second time) only when the customer's quota needs its page count first, and
+every extraction runs in the process's capped sandbox child, so a bomb fails its own item."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from typing import Any
 
 import pytest
 
-import ocr
+from ocr.sandbox import Sandbox
 from service.api.app import create_app
 from service.settings import Settings
 from tasks.context import TaskContext
 from tasks.items import process_item
 from tests.api.conftest import Tenant
 from tests.conftest import build_context, new_customer_key
+from tests.fixtures.hostile.make_hostile import flate_bomb_bypass_pdf
 from tests.support.live import corpus_bytes
 
 
@@ -28,28 +30,29 @@ def ctx(pg_s3_settings: Settings, flush_redis: None) -> Iterator[TaskContext]:
 
 @pytest.fixture
 def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Page counts of every ocr.probe call from here on."""
+    """Page counts of every probe the worker runs (in its sandbox) from here on."""
     seen: list[int] = []
-    real_probe = ocr.probe
+    real_probe = Sandbox.probe_bytes
 
-    def counting_probe(data: bytes, **kwargs: Any) -> ocr.Probe:
-        probe = real_probe(data, **kwargs)
+    def counting_probe(self: Sandbox, data: bytes, **kwargs: Any) -> Any:
+        probe = real_probe(self, data, **kwargs)
         seen.append(probe.page_count)
         return probe
 
-    monkeypatch.setattr(ocr, "probe", counting_probe)
+    monkeypatch.setattr(Sandbox, "probe_bytes", counting_probe)
     return seen
 
 
+def tenant_of(ctx: TaskContext, name: str, quota: int | None = None) -> Tenant:
+    customer_id, key = new_customer_key(ctx, name, quota=quota)
+    app = create_app(ctx.settings, context=ctx, dispatcher=ctx.dispatcher)
+    return Tenant(app.test_client(), customer_id, key)
+
+
 def run_one_item(ctx: TaskContext, quota: int | None) -> dict[str, Any]:
-    customer_id, key = new_customer_key(ctx, f"quota-{quota}", quota=quota)
-    tenant = Tenant(
-        create_app(ctx.settings, context=ctx, dispatcher=ctx.dispatcher).test_client(),
-        customer_id,
-        key,
-    )
+    tenant = tenant_of(ctx, f"quota-{quota}", quota)
     batch = tenant.submit([tenant.upload(corpus_bytes("digital-crazyones-1p.pdf"))]).get_json()
-    ctx.dispatcher.admit(customer_id)
+    ctx.dispatcher.admit(tenant.customer_id)
     assert process_item(ctx, batch["items"][0]["id"]) == "succeeded"
     body: dict[str, Any] = tenant.get(f"/v1/batches/{batch['id']}").get_json()
     return body
@@ -69,3 +72,28 @@ def test_a_metered_customers_document_is_probed_before_its_pages_are_reserved(
     body = run_one_item(ctx, quota=10)
     assert body["status"] == "completed" and body["pages_billed"] == 1
     assert probes == [1]
+
+
+@pytest.mark.parametrize("bypass", ["image-token", "escaped-name", "padded-dict"])
+def test_a_bomb_past_the_pre_check_fails_its_item_and_the_worker_goes_on(
+    pg_s3_settings: Settings, flush_redis: None, bypass: str
+) -> None:
+    """A 320 MB Flate bomb wrapped each way ocr/streams.py's byte-pattern check misses: it
+    used to be inflated in the worker itself; now its capped child dies instead, the item
+    fails with extraction_failed, and the same process extracts the next item."""
+    ctx = build_context(pg_s3_settings.model_copy(update={"sandbox_memory_mb": 512}))
+    ctx.dispatcher.publish = lambda item_id: None
+    try:
+        tenant = tenant_of(ctx, f"bomb-{bypass}")
+        bomb = tenant.upload(flate_bomb_bypass_pdf(bypass))
+        fine = tenant.upload(corpus_bytes("digital-crazyones-1p.pdf"))
+        batch = tenant.submit([bomb, fine]).get_json()
+        first, second = (item["id"] for item in batch["items"])
+        assert process_item(ctx, first) == "failed"
+        ctx.dispatcher.admit(tenant.customer_id)
+        assert process_item(ctx, second) == "succeeded"
+        items = {i["id"]: i for i in tenant.get(f"/v1/batches/{batch['id']}").get_json()["items"]}
+        assert items[first]["error"]["code"] == "extraction_failed"
+        assert "needs more than 512 MB" in items[first]["error"]["message"]
+    finally:
+        ctx.close()
