@@ -18,7 +18,7 @@ BUILD_PACKAGES := gcc python3-dev
 
 help: ## List every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 
 system-deps: ## apt-get install Tesseract, language packs and a C compiler (when missing and apt is usable)
 	@missing=$$(for p in $(APT_PACKAGES) $(BUILD_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -57,7 +57,11 @@ lint: install ## ruff
 typecheck: install ## mypy
 	$(BIN)/mypy service tasks ocr client bench
 
-check: lint typecheck ## lint + typecheck
+check: lint typecheck check-self-contained ## lint, typecheck and the check-* targets
+
+.PHONY: check-self-contained
+check-self-contained: ## tests/, bench/, .ci/ and this Makefile read nothing outside the repository
+	$(PYTHON) .ci/check_self_contained.py
 
 bench: bench-api bench-extract bench-fairness bench-throughput bench-client ## Every benchmark (prints ratios)
 
