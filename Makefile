@@ -14,12 +14,12 @@ BUILD_PACKAGES := gcc python3-dev
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-deps run test test-fast test-api lint format typecheck check-imports \
-	check-unasync check bench \
+	check-unasync check-self-contained check bench \
 	bench-api bench-extract bench-fairness bench-throughput bench-client services clean
 
 help: ## List every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 
 system-deps: ## apt-get install Tesseract, language packs and a C compiler (when missing and apt is usable)
 	@missing=$$(for p in $(APT_PACKAGES) $(BUILD_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -69,7 +69,10 @@ check-imports: install ## The import contracts (layers, no Flask in workers, no 
 check-unasync: install ## The sync client (pagelane/_sync) is what pagelane/_async generates
 	$(BIN)/python -m pagelane._codegen --check
 
-check: lint typecheck check-imports check-unasync ## Everything CI checks before the tests (pre-commit runs it too)
+check-self-contained: ## tests/, bench/, .ci/ and this Makefile read nothing outside the repository
+	$(PYTHON) .ci/check_self_contained.py
+
+check: lint typecheck check-imports check-unasync check-self-contained ## Everything CI checks before the tests (pre-commit runs it too)
 
 bench: bench-api bench-extract bench-fairness bench-throughput bench-client ## Every benchmark (prints ratios)
 

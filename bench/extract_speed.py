@@ -9,7 +9,7 @@
 3. Peak RSS of a subprocess extracting a generated 1,000-page PDF with default options
    (goal: <= 500 MB), next to the RSS of a process that only imported the engine.
 
-    .venv/bin/python bench/extract_speed.py [--corpus ../shared/corpus] [--repeat 3] [--skip-ocr]
+    .venv/bin/python bench/extract_speed.py [--corpus tests/corpus] [--repeat 3] [--skip-ocr]
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ import pdfplumber  # noqa: E402
 import pypdfium2 as pdfium  # noqa: E402
 
 import ocr  # noqa: E402
+from tests.corpus import CORPUS  # noqa: E402
 
 TEXT_ONLY = {"extract_images": False, "extract_tables": False, "ocr": "auto"}
-OCR_DOCUMENTS = ["scan-multipage-3p.pdf", "scan-skewed-1p.pdf", "scan-french-lowres-1p.pdf"]
+OCR_DOCUMENTS = [
+    "scan-generated-multipage-3p.pdf", "scan-skewed-1p.pdf", "scan-french-lowres-1p.pdf"
+]
 
 
 def best_of(repeat: int, *fns: Callable[[], object]) -> list[float]:
@@ -197,7 +200,7 @@ def rss_section() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus"))
+    parser.add_argument("--corpus", default=str(CORPUS))
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip-ocr", action="store_true")
     args = parser.parse_args()

@@ -5,7 +5,7 @@ renders each page with pdfium at the configured dpi and OCRs it with Tesseract) 
 the same pages' text layer (``ocr="never"``). The figure is the character error rate: Levenshtein
 distance / reference length, after NFKC and whitespace collapsing on both sides.
 
-    .venv/bin/python bench/ocr_quality.py [--dpi 150,200,300] [--corpus ../shared/corpus]
+    .venv/bin/python bench/ocr_quality.py [--dpi 150,200,300] [--corpus tests/corpus]
 
 Not a test: it prints a table (per document and overall, per dpi) and the time OCR took.
 """
@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 import pypdfium2 as pdfium  # noqa: E402
 
 import ocr  # noqa: E402
+from tests.corpus import CORPUS  # noqa: E402
 
 # (file, pages (1-based) or None for all, OCR languages, "clean English" for the 3 % goal)
 DOCUMENTS: list[tuple[str, list[int] | None, list[str], bool]] = [
@@ -94,7 +95,7 @@ def subset(data: bytes, pages: list[int] | None) -> bytes:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dpi", default="150,200,300")
-    parser.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus"))
+    parser.add_argument("--corpus", default=str(CORPUS))
     args = parser.parse_args()
     corpus = Path(args.corpus)
     dpis = [int(x) for x in args.dpi.split(",")]

@@ -13,7 +13,7 @@
 5. ``--memory``: each corpus document's peak RSS above an interpreter that imported the engine
    (in its own process), the figure the default memory budget is chosen against.
 
-    python -m bench.sandbox [--items 500] [--rounds 5] [--corpus ../shared/corpus] [--memory]
+    python -m bench.sandbox [--items 500] [--rounds 5] [--corpus tests/corpus] [--memory]
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
+    parser.add_argument("--corpus", type=Path, default=ROOT / "tests" / "corpus")
     parser.add_argument("--memory", action="store_true", help="also measure corpus peak RSS")
     args = parser.parse_args()
     print("1. per item, warm Sandbox(1) vs in-process")

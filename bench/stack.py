@@ -21,12 +21,12 @@ from service.db import make_engine
 from service.migrate import upgrade
 from service.settings import load_settings
 from tests.conftest import build_context
+from tests.corpus import CORPUS as CORPUS  # the benchmarks import it from here
 from tests.support.live import Stack
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 REDIS_URL = "redis://127.0.0.1:6379/13"
-CORPUS = REPO.parent / "shared" / "corpus"
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """Throughput: the whole system against the bare engine, side by side in one run.
 
-1. The born-digital PDFs of ../shared/corpus (1 to 117 pages each): pages/s of (a) ocr.extract
+1. The born-digital PDFs of tests/corpus (1 to 117 pages each): pages/s of (a) ocr.extract
    in a process pool of N and (b) API → Celery → blob store → result with N worker processes;
    ratio b/a (goal ≥ 0.90).
 2. 500 one-page PDFs: per-item orchestration overhead = (system time - bare time) * N / items,

@@ -25,9 +25,9 @@ from service.migrate import upgrade
 from service.settings import Settings, load_settings
 from tasks.app import make_celery
 from tasks.context import TaskContext, make_task_context
+from tests.corpus import CORPUS as CORPUS  # the suite imports it from here
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus"
 PG_ADMIN_DSN = os.environ.get(
     "PAGELANE_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 )

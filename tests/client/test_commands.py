@@ -57,7 +57,7 @@ def test_submit_prints_only_the_batch_id_and_cancel_stops_the_rest(
     live: LiveStack, tmp_path: Path
 ) -> None:
     customer = live.customer("commands-cancel", concurrency=1)
-    scan = CORPUS / "scan-multipage-3p.pdf"
+    scan = CORPUS / "scan-generated-multipage-3p.pdf"
     copies = []
     for n in range(3):
         copies.append(tmp_path / f"scan-{n}.pdf")

@@ -26,7 +26,7 @@ SLICE = {
     "reports/digital-french-minutes-2p.pdf": "digital-french-minutes-2p.pdf",
     "reports/2015/digital-lorem-pdflatex-4p.pdf": "digital-lorem-pdflatex-4p.pdf",
     "reports/digital-multilang-hello-world-1p.pdf": "digital-multilang-hello-world-1p.pdf",
-    "scans/image-simple-text.jpg": "image-simple-text.jpg",
+    "scans/image-simple-text.jpg": "image-generated-simple-text.jpg",
     "broken/corrupted-not-a-valid-pdf.pdf": "corrupted-not-a-valid-pdf.pdf",
     "broken/truncated-scotus-transcript-half.pdf": "truncated-scotus-transcript-half.pdf",
     "broken/encrypted-password-test-4p.pdf": "encrypted-password-test-4p.pdf",
@@ -115,8 +115,8 @@ def test_run_resumes_after_interrupts_without_repeating_work(
         "a/digital-french-minutes-2p.pdf": "digital-french-minutes-2p.pdf",
         "b/corrupted-not-a-valid-pdf.pdf": "corrupted-not-a-valid-pdf.pdf",
         "b/digital-lorem-pdflatex-4p.pdf": "digital-lorem-pdflatex-4p.pdf",
-        "c/image-simple-text.jpg": "image-simple-text.jpg",
-        "z/scan-multipage-3p.pdf": "scan-multipage-3p.pdf",
+        "c/image-simple-text.jpg": "image-generated-simple-text.jpg",
+        "z/scan-multipage-3p.pdf": "scan-generated-multipage-3p.pdf",
     }
     source = copy_corpus(tmp_path / "in", layout)
     out = tmp_path / "out"
@@ -199,7 +199,7 @@ def test_run_resumes_after_interrupts_without_repeating_work(
 
 def test_cancel_on_interrupt_cancels_the_batch(live: LiveStack, tmp_path: Path) -> None:
     customer = live.customer("cancel", concurrency=1)
-    layout = {f"{n}/scan-multipage-3p.pdf": "scan-multipage-3p.pdf" for n in range(4)}
+    layout = {f"{n}/scan-multipage-3p.pdf": "scan-generated-multipage-3p.pdf" for n in range(4)}
     source = copy_corpus(tmp_path / "in", layout)
     out = tmp_path / "out"
     process = CliProcess(
@@ -250,7 +250,7 @@ def test_include_globs_select_files(live: LiveStack, tmp_path: Path, pattern: st
         tmp_path / "in",
         {
             "x/digital-crazyones-1p.pdf": "digital-crazyones-1p.pdf",
-            "x/image-simple-text.jpg": "image-simple-text.jpg",
+            "x/image-simple-text.jpg": "image-generated-simple-text.jpg",
         },
     )
     out = tmp_path / "in" / "results"  # inside the input: never walked into

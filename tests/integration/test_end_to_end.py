@@ -20,7 +20,7 @@ def test_batch_of_real_documents_reaches_terminal_with_results(stack: Stack) -> 
     alice = stack.tenant("alice")
     documents = {
         "digital-crazyones-1p.pdf": ("succeeded", "The round pegs in the square holes."),
-        "image-simple-text.jpg": ("succeeded", None),
+        "image-generated-simple-text.jpg": ("succeeded", None),
         "corrupted-not-a-valid-pdf.pdf": ("failed", "extraction_failed"),
         "unsupported-zip-archive.zip": ("failed", "unsupported_input"),
         "empty-zero-byte.pdf": ("failed", "unsupported_input"),

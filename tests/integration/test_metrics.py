@@ -99,7 +99,11 @@ def test_worker_and_api_metrics_after_a_batch(stack: Stack, api: tuple[Proc, str
     beat = stack.beat()
     # Cap 1: the items run one after another, so the API sees one running and others pending.
     tenant = stack.tenant("metrics", concurrency=1)
-    names = ["digital-crazyones-1p.pdf", "image-simple-text.jpg", "corrupted-not-a-valid-pdf.pdf"]
+    names = [
+        "digital-crazyones-1p.pdf",
+        "image-generated-simple-text.jpg",
+        "corrupted-not-a-valid-pdf.pdf",
+    ]
     batch = tenant.submit(stack.upload_many(tenant, [corpus_bytes(n) for n in names])).get_json()
 
     def one_running() -> bool:

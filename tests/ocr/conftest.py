@@ -25,7 +25,7 @@ def hostile_files(tmp_path_factory: pytest.TempPathFactory, hostile: ModuleType)
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
     if not (CORPUS / "MANIFEST.json").is_file():
-        pytest.fail(f"the shared corpus is missing: expected it at {CORPUS}")
+        pytest.fail(f"the test corpus is missing: expected it at {CORPUS}")
     return CORPUS
 
 

@@ -11,10 +11,9 @@ from types import ModuleType
 from typing import Any
 
 import ocr
+from tests.corpus import CORPUS
 
 REPO = Path(__file__).resolve().parents[2]
-# CI checks the corpus out next to the repository: ../shared/corpus
-CORPUS = REPO.parent / "shared" / "corpus"
 HOSTILE_SCRIPT = REPO / "tests" / "fixtures" / "hostile" / "make_hostile.py"
 
 ERROR_CODES = {

@@ -1,4 +1,4 @@
-"""Every document of ../shared/corpus/MANIFEST.json: type, page count, snippets, error codes.
+"""Every document of tests/corpus/MANIFEST.json: type, page count, snippets, error codes.
 
 Real Tesseract, real pdfium; nothing is mocked. Snippets are matched the manifest's way: every
 run of whitespace collapsed to one space on both sides, then an exact substring test.
@@ -87,7 +87,7 @@ def test_probe_matches_manifest(entry: dict[str, Any], corpus_cache: CorpusCache
 
 
 def test_mixed_document_ocrs_only_pages_without_text_layer(corpus_cache: CorpusCache) -> None:
-    result = corpus_cache.get("mixed-scan-and-digital-pages-6p.pdf")
+    result = corpus_cache.get("mixed-generated-scan-and-digital-pages-6p.pdf")
     assert not isinstance(result, ocr.ExtractionError)
     by_page: dict[int, set[str]] = {}
     for chunk in result["chunks"]:
@@ -111,7 +111,7 @@ def test_every_orientation_reads_upright(corpus_cache: CorpusCache) -> None:
 
 
 def test_ocr_confidence_is_reported(corpus_cache: CorpusCache) -> None:
-    result = corpus_cache.get("scan-multipage-3p.pdf")
+    result = corpus_cache.get("scan-generated-multipage-3p.pdf")
     assert not isinstance(result, ocr.ExtractionError)
     confidences = [c["confidence"] for c in result["chunks"] if c["source"] == "ocr"]
     assert confidences and all(0 <= c <= 100 for c in confidences)

@@ -42,7 +42,7 @@ def test_small_images_are_decoration(hostile: ModuleType) -> None:
 
 
 def test_page_sized_scans_are_not_image_chunks(corpus_dir) -> None:  # type: ignore[no-untyped-def]
-    data = (corpus_dir / "scan-multipage-3p.pdf").read_bytes()
+    data = (corpus_dir / "scan-generated-multipage-3p.pdf").read_bytes()
     assert _images(ocr.extract(data, {"ocr": "never"})) == []
 
 
