@@ -193,7 +193,7 @@ def test_a_job_over_its_wall_clock_is_killed_and_the_next_one_runs(
     (pid,) = sandbox.pids()
     started = time.monotonic()
     with pytest.raises(ocr.ExtractionTimeoutError) as caught:
-        sandbox.extract(corpus_dir / "scan-multipage-3p.pdf", {"ocr": "force"}, timeout_s=1.0)
+        sandbox.extract(corpus_dir / "scan-generated-multipage-3p.pdf", {"ocr": "force"}, timeout_s=1.0)
     elapsed = time.monotonic() - started
     assert 1.0 <= elapsed < 2.0, elapsed
     assert caught.value.code == "extraction_failed"
@@ -221,7 +221,7 @@ def test_a_child_killed_mid_job_is_a_resource_failure_and_is_replaced(
     killer.start()
     try:
         with pytest.raises(ocr.ResourceLimitError) as caught:
-            sandbox.extract(corpus_dir / "scan-multipage-3p.pdf", {"ocr": "force"})
+            sandbox.extract(corpus_dir / "scan-generated-multipage-3p.pdf", {"ocr": "force"})
     finally:
         killer.cancel()
     assert caught.value.message == f"The document needs more than {BUDGET_MB} MB to process."
@@ -286,7 +286,7 @@ def test_an_exception_from_on_page_propagates_unchanged(
         ("digital-crazyones-1p.pdf", None),
         ("digital-lorem-pdflatex-4p.pdf", {"extract_tables": True, "extract_images": True}),
         ("digital-table-nics-background-checks-1p.pdf", None),
-        ("image-simple-text.jpg", {"ocr": "auto", "languages": ["eng"]}),
+        ("image-generated-simple-text.jpg", {"ocr": "auto", "languages": ["eng"]}),
     ],
 )
 def test_corpus_documents_give_the_same_result(
@@ -322,7 +322,7 @@ def test_a_transient_provider_error_keeps_its_flag(sandbox: Sandbox, corpus_dir:
     config = EngineConfig(provider="http", http_url="http://127.0.0.1:9/v1", http_model="m",
                           http_timeout_s=2)
     with pytest.raises(ocr.OCRProviderError) as caught:
-        sandbox.extract(corpus_dir / "image-simple-text.jpg", config=config)
+        sandbox.extract(corpus_dir / "image-generated-simple-text.jpg", config=config)
     assert caught.value.transient and caught.value.code == "ocr_provider_error"
 
 
