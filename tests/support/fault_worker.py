@@ -1,10 +1,13 @@
 """A real `pagelane worker` whose engine can be told to misbehave (fault tests only).
 
-Production code has no test hooks; instead this entry point wraps ``ocr.extract`` the way
-OCRmyPDF's tests inject crashing engines, then runs the unmodified worker:
+Production code has no test hooks; instead this entry point wraps the worker's way into the
+engine (``Sandbox.extract_bytes``: every extraction goes to the pool child's capped sandbox
+process) the way OCRmyPDF's tests inject crashing engines, then runs the unmodified worker:
 
 * ``PAGELANE_FAULT_POISON=<hex>``: a document containing these bytes kills its worker process
-  (``os._exit``, as a segfault or the OOM killer would) every time it is extracted.
+  (``os._exit``, as the OOM killer would) every time it is extracted. A crash inside the
+  sandbox child only fails the item (tests/faults/test_item_work.py); this is the worker
+  itself dying, which only the attempt cap stops.
 * ``PAGELANE_FAULT_PROVIDER_FAILURES=1``: a document containing ``FAILn`` (n a digit) fails the
   first n extraction calls with the engine's transient OCR provider error. Calls are counted in
   Redis per document, so the count survives retries on other worker processes.
@@ -26,17 +29,18 @@ from typing import Any
 import redis
 
 import ocr
+from ocr.sandbox import Sandbox
 from service.cli import main
 
 
 def install_faults() -> None:
-    real_extract = ocr.extract
+    real_extract = Sandbox.extract_bytes
     poison = bytes.fromhex(os.environ.get("PAGELANE_FAULT_POISON", ""))
     provider_failures = os.environ.get("PAGELANE_FAULT_PROVIDER_FAILURES") == "1"
     sleep = float(os.environ.get("PAGELANE_FAULT_SLEEP", "0"))
     counter = redis.Redis.from_url(os.environ["PAGELANE_REDIS_URL"]) if provider_failures else None
 
-    def faulty_extract(data: bytes, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def faulty_extract(self: Sandbox, data: bytes, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if sleep:
             time.sleep(sleep)
         if poison and poison in data:
@@ -47,9 +51,9 @@ def install_faults() -> None:
                 key = "fault:calls:" + hashlib.sha256(data).hexdigest()
                 if counter.incr(key) <= int(wanted.group(1)):
                     raise ocr.errors.OCRProviderError("injected provider outage")
-        return real_extract(data, *args, **kwargs)
+        return real_extract(self, data, *args, **kwargs)
 
-    ocr.extract = faulty_extract  # type: ignore[assignment]
+    Sandbox.extract_bytes = faulty_extract  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":
