@@ -72,11 +72,17 @@ def create_app(
     app.extensions["pagelane"] = context
 
     from service.api.batches import make_batches_blueprint
+    from service.api.control import make_control_blueprint  # batch control
     from service.api.extract import make_extract_blueprint
     from service.api.files import make_files_blueprint
     from service.api.health import make_health_blueprint
 
-    for blueprint in (make_files_blueprint(), make_batches_blueprint(), make_extract_blueprint()):
+    for blueprint in (
+        make_files_blueprint(),
+        make_batches_blueprint(),
+        make_extract_blueprint(),
+        make_control_blueprint(),  # batch control
+    ):
         blueprint.before_request(require_api_key)
         app.register_api(blueprint)
     app.register_api(make_health_blueprint())

@@ -12,6 +12,7 @@ from flask import Response, redirect
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
 import ocr
@@ -242,16 +243,17 @@ def _submit(body: CreateBatch, idempotency_key: str | None) -> str:
             retention=timedelta(hours=ctx.settings.retention_hours),
         )
         if idempotency_key:
-            # Settled in the batch's own transaction: a crash leaves either both or neither.
-            session.execute(
-                update(IdempotencyKey)
-                .where(
-                    IdempotencyKey.customer_id == customer_id,
-                    IdempotencyKey.key == idempotency_key,
-                )
-                .values(batch_id=batch.id)
-            )
+            _settle_idempotency_key(session, customer_id, idempotency_key, batch.id)
         return batch.id
+
+
+def _settle_idempotency_key(session: Session, customer_id: str, key: str, batch_id: str) -> None:
+    # Settled in the batch's own transaction: a crash leaves either both or neither.
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.customer_id == customer_id, IdempotencyKey.key == key)
+        .values(batch_id=batch_id)
+    )
 
 
 def _file_error(status: int, code: str, message: str, file_ids: list[str]) -> ApiError:

@@ -54,7 +54,9 @@ def make_files_blueprint() -> APIBlueprint:
         with transaction(ctx.session_factory) as session:
             file = session.scalar(
                 select(File).where(
-                    File.id == path.file_id, File.customer_id == caller().customer_id
+                    File.id == path.file_id,
+                    File.customer_id == caller().customer_id,
+                    File.deleted_at.is_(None),  # batch control: deleted files are 404
                 )
             )
             if file is None:

@@ -185,8 +185,16 @@ class BatchResource(BaseModel):
     cancel_requested_at: str | None
     expires_at: str
     pages_billed: int
+    # batch control: the batch this one retries (null otherwise)
+    parent_batch_id: str | None = None
     items: list[ItemResource] | None = None
     next_cursor: str | None = None
+
+
+class RetryBatch(StrictModel):
+    """``POST /v1/batches/{batch_id}/retry`` (batch control)."""
+
+    include_cancelled: bool = Field(False, description="Also retry the cancelled items.")
 
 
 class BatchList(BaseModel):
