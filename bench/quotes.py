@@ -4,8 +4,8 @@
 store and opening it with ``ocr.probe`` (sniff, open, count pages): what any quote must do;
 (b) the quote: POST /v1/quotes → completed, with N real worker processes on the ``quotes``
 queue (server timestamps: completed_at - created_at), which also read each page's text layer.
-Goal: b ≤ 1.2 × a. Also prints the retry-creation figure (10,000 items, 100 failures) is in
-tests/api/test_control.py. Run: python -m bench.quotes [N] [FILES] [postgres|sqlite]
+Goal: b <= 1.2 * a. (The retry-creation figure, 10,000 items with 100 failures, is in
+tests/api/test_control.py.) Run: python -m bench.quotes [N] [FILES] [postgres|sqlite]
 """
 
 from __future__ import annotations

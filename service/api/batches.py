@@ -17,6 +17,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 import ocr
 from service import lifecycle, metrics
+from service.api import deletes  # batch control
 from service.api.bodies import batch_body
 from service.api.common import (
     caller,
@@ -67,6 +68,7 @@ def make_batches_blueprint() -> APIBlueprint:
     bp.get("", responses=responses(BatchList, 401, 422))(list_batches)
     bp.get("/<batch_id>", responses=responses(BatchResource, 401, 404, 422))(get_batch)
     bp.post("/<batch_id>/cancel", responses=responses(BatchResource, 401, 404))(cancel_batch)
+    bp.delete("/<batch_id>", responses=deletes.DELETE_BATCH_RESPONSES)(deletes.delete_batch)
     bp.get(
         "/<batch_id>/items/<item_id>/result",
         responses=responses(ExtractionResult, 401, 404, 409, 410),
