@@ -25,6 +25,7 @@ from ocr.errors import (
     UnsupportedLanguageError,
 )
 from ocr.pipeline import Probe, extract, probe
+from ocr.quote import quote_probe  # batch control: quotes
 from ocr.result import DEFAULT_OPTIONS, normalize_options
 from ocr.tesseract import available_languages as _available_languages
 from ocr.tesseract import validate_languages as _validate_languages
@@ -61,5 +62,6 @@ __all__ = [
     "extract",
     "normalize_options",
     "probe",
+    "quote_probe",
     "validate_languages",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -114,6 +115,8 @@ class File(Base):
     uploaded_at: Mapped[datetime | None] = mapped_column(DateTime)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
     input_deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # batch control: set by DELETE /v1/files/{id}; the file is then 404 (migration 0004)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (
         Index("ix_files_customer_created", "customer_id", "created_at"),
@@ -144,6 +147,8 @@ class Batch(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
+    # batch control: the batch this one retries (POST /v1/batches/{id}/retry; migration 0004)
+    parent_batch_id: Mapped[str | None] = mapped_column(String(40), index=True)
 
     __table_args__ = (Index("ix_batches_customer_created", "customer_id", "created_at", "id"),)
 
@@ -221,3 +226,51 @@ class BillingEntry(Base):
     batch_id: Mapped[str | None] = mapped_column(String(40), index=True)
     pages: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# --- batch control: quotes (POST /v1/quotes; migration 0004) ----------------------------------
+
+
+class QuoteStatus(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+
+
+class Quote(Base):
+    """A dry run of a batch: what it would cost and how it would end, nothing extracted."""
+
+    __tablename__ = "quotes"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    status: Mapped[str] = mapped_column(String(20))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    file_count: Mapped[int] = mapped_column(Integer)
+    # Files not yet looked at by a worker; the worker that brings it to 0 completes the quote.
+    files_left: Mapped[int] = mapped_column(Integer)
+    # The customer's items pending or running when the quote was asked (estimated_seconds).
+    queued_items: Mapped[int] = mapped_column(Integer, default=0)
+    queued_pages: Mapped[int] = mapped_column(BigInteger, default=0)
+    totals: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+    __table_args__ = (Index("ix_quotes_customer_created", "customer_id", "created_at"),)
+
+
+class QuoteItem(Base):
+    __tablename__ = "quote_items"
+
+    quote_id: Mapped[str] = mapped_column(ForeignKey("quotes.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(40))
+    # What the worker needs, read when the quote was made: the worker never joins files.
+    blob_key: Mapped[str | None] = mapped_column(String(300))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256_declared: Mapped[str | None] = mapped_column(String(64))
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+    page_count: Mapped[int | None] = mapped_column(Integer)
+    ocr_pages: Mapped[int | None] = mapped_column(Integer)
+    # The item error code extraction would end with (before quota, which the totals apply).
+    error_code: Mapped[str | None] = mapped_column(String(40))

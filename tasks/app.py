@@ -15,6 +15,9 @@ from service.settings import Settings
 PROCESS_ITEM = "pagelane.process_item"
 QUEUE_ITEMS = "items"
 QUEUE_SWEEPS = "sweeps"
+# batch control: quotes have a queue of their own, so they never delay extraction
+QUOTE_CHUNK = "pagelane.quote.chunk"
+QUEUE_QUOTES = "quotes"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -61,7 +64,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_tasks_per_child": 2000,
         "worker_max_memory_per_child": 1_000_000,  # KiB
         "task_default_queue": QUEUE_ITEMS,
-        "task_routes": {"pagelane.sweep.*": {"queue": QUEUE_SWEEPS}},
+        "task_routes": {
+            "pagelane.sweep.*": {"queue": QUEUE_SWEEPS},
+            "pagelane.quote.*": {"queue": QUEUE_QUOTES},  # batch control
+        },
         # Task events cost four Redis publishes an item. Flower switches them on in every
         # worker while it watches (its --enable-events default, re-sent periodically), so
         # the fleet pays for them only when someone is looking.
@@ -93,6 +99,7 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
         "expire-uploads": every(60, "pagelane.sweep.expire_uploads"),
         "delete-expired-blobs": every(300, "pagelane.sweep.delete_expired_blobs"),
         "prune-idempotency-keys": every(3600, "pagelane.sweep.prune_idempotency_keys"),
+        "prune-quotes": every(3600, "pagelane.sweep.prune_quotes"),  # batch control
     }
 
 

@@ -20,9 +20,10 @@ from celery import Celery, signals
 from service import logs, metrics
 from service.clock import utcnow
 from service.settings import Settings
-from tasks.app import PROCESS_ITEM, make_celery
+from tasks.app import PROCESS_ITEM, QUOTE_CHUNK, make_celery
 from tasks.context import TaskContext, make_task_context
 from tasks.items import process_item
+from tasks.quotes import prune_quotes, run_quote_chunk
 from tasks.sweeps import SWEEPS
 
 log = logging.getLogger("pagelane.worker")
@@ -87,6 +88,13 @@ def make_worker_app(settings: Settings) -> Celery:
 
     for name, sweep in SWEEPS.items():
         _register_sweep(app, state, name, sweep)
+
+    # batch control: quotes (their own queue) and their retention sweep
+    @app.task(name=QUOTE_CHUNK, ignore_result=True)
+    def quote_chunk_task(quote_id: str, start: int, end: int) -> int:
+        return run_quote_chunk(state.context, quote_id, start, end)
+
+    _register_sweep(app, state, "prune_quotes", prune_quotes)
     return app
 
 

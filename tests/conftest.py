@@ -112,7 +112,8 @@ def truncate_all(database_url: str) -> None:
             connection.execute(
                 text(
                     "TRUNCATE billing_entries, idempotency_keys, items, batches, files, api_keys, "
-                    "customers"
+                    # CASCADE: and every table that references these (quotes, ...)
+                    "customers CASCADE"
                 )
             )
     engine.dispose()

@@ -23,7 +23,7 @@ from service.context import ServiceContext, make_context
 from service.migrate import check_schema_current
 from service.settings import Settings, load_settings
 from service.storage import LocalBlobStore
-from tasks.app import make_celery
+from tasks.app import QUEUE_QUOTES, QUOTE_CHUNK, make_celery
 from tasks.dispatch import Dispatcher, make_dispatcher, make_state_redis
 
 log = logging.getLogger("pagelane.api")
@@ -70,15 +70,29 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = max(JSON_BODY_LIMIT, settings.max_file_bytes + 1024 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["pagelane"] = context
+    # batch control: quotes are published to their own queue (the app only ever sends)
+    quote_celery = make_celery(settings)
+
+    def publish_quote_chunk(quote_id: str, start: int, end: int) -> None:
+        quote_celery.send_task(QUOTE_CHUNK, args=[quote_id, start, end], queue=QUEUE_QUOTES)
 
     from service.api.batches import make_batches_blueprint
+    from service.api.control import make_control_blueprint  # batch control
     from service.api.extract import make_extract_blueprint
     from service.api.files import make_files_blueprint
     from service.api.health import make_health_blueprint
+    from service.api.quotes import PUBLISHER, make_quotes_blueprint  # batch control
 
-    for blueprint in (make_files_blueprint(), make_batches_blueprint(), make_extract_blueprint()):
+    for blueprint in (
+        make_files_blueprint(),
+        make_batches_blueprint(),
+        make_extract_blueprint(),
+        make_control_blueprint(),  # batch control
+        make_quotes_blueprint(),  # batch control
+    ):
         blueprint.before_request(require_api_key)
         app.register_api(blueprint)
+    app.extensions[PUBLISHER] = publish_quote_chunk  # batch control
     app.register_api(make_health_blueprint())
 
     if isinstance(context.blob_store, LocalBlobStore):

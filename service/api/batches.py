@@ -12,10 +12,12 @@ from flask import Response, redirect
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
 import ocr
 from service import lifecycle, metrics
+from service.api import deletes  # batch control
 from service.api.bodies import batch_body
 from service.api.common import (
     caller,
@@ -66,6 +68,7 @@ def make_batches_blueprint() -> APIBlueprint:
     bp.get("", responses=responses(BatchList, 401, 422))(list_batches)
     bp.get("/<batch_id>", responses=responses(BatchResource, 401, 404, 422))(get_batch)
     bp.post("/<batch_id>/cancel", responses=responses(BatchResource, 401, 404))(cancel_batch)
+    bp.delete("/<batch_id>", responses=deletes.DELETE_BATCH_RESPONSES)(deletes.delete_batch)
     bp.get(
         "/<batch_id>/items/<item_id>/result",
         responses=responses(ExtractionResult, 401, 404, 409, 410),
@@ -242,16 +245,17 @@ def _submit(body: CreateBatch, idempotency_key: str | None) -> str:
             retention=timedelta(hours=ctx.settings.retention_hours),
         )
         if idempotency_key:
-            # Settled in the batch's own transaction: a crash leaves either both or neither.
-            session.execute(
-                update(IdempotencyKey)
-                .where(
-                    IdempotencyKey.customer_id == customer_id,
-                    IdempotencyKey.key == idempotency_key,
-                )
-                .values(batch_id=batch.id)
-            )
+            _settle_idempotency_key(session, customer_id, idempotency_key, batch.id)
         return batch.id
+
+
+def _settle_idempotency_key(session: Session, customer_id: str, key: str, batch_id: str) -> None:
+    # Settled in the batch's own transaction: a crash leaves either both or neither.
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.customer_id == customer_id, IdempotencyKey.key == key)
+        .values(batch_id=batch_id)
+    )
 
 
 def _file_error(status: int, code: str, message: str, file_ids: list[str]) -> ApiError:

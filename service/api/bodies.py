@@ -77,6 +77,7 @@ def batch_body(
         "cancel_requested_at": isoformat(batch.cancel_requested_at),
         "expires_at": isoformat(batch.expires_at),
         "pages_billed": batch.pages_billed,
+        "parent_batch_id": batch.parent_batch_id,  # batch control
     }
     if items is not None:
         body["items"] = [item_body(item) for item in items]

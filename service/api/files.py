@@ -6,6 +6,7 @@ from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import select
 
+from service.api import deletes  # batch control
 from service.api.bodies import file_body
 from service.api.common import (
     blob_store,
@@ -54,7 +55,9 @@ def make_files_blueprint() -> APIBlueprint:
         with transaction(ctx.session_factory) as session:
             file = session.scalar(
                 select(File).where(
-                    File.id == path.file_id, File.customer_id == caller().customer_id
+                    File.id == path.file_id,
+                    File.customer_id == caller().customer_id,
+                    File.deleted_at.is_(None),  # batch control: deleted files are 404
                 )
             )
             if file is None:
@@ -63,6 +66,8 @@ def make_files_blueprint() -> APIBlueprint:
                 session.refresh(file)
             return json_response(file_body(file))
 
+    # batch control
+    bp.delete("/<file_id>", responses=deletes.DELETE_FILE_RESPONSES)(deletes.delete_file)
     return bp
 
 

@@ -185,8 +185,50 @@ class BatchResource(BaseModel):
     cancel_requested_at: str | None
     expires_at: str
     pages_billed: int
+    # batch control: the batch this one retries (null otherwise)
+    parent_batch_id: str | None = None
     items: list[ItemResource] | None = None
     next_cursor: str | None = None
+
+
+class RetryBatch(StrictModel):
+    """``POST /v1/batches/{batch_id}/retry`` (batch control)."""
+
+    include_cancelled: bool = Field(False, description="Also retry the cancelled items.")
+
+
+class QuoteItem(BaseModel):
+    file_id: str
+    page_count: int | None
+    ocr_pages: int | None = Field(description="Pages without a usable text layer.")
+    predicted_error: str | None = Field(description="The item error code it would end with.")
+
+
+class QuoteTotals(BaseModel):
+    pages: int
+    billable_pages: int
+    ocr_pages: int
+    predicted_failures: int
+    quota_remaining: int | None = Field(description="null = unlimited")
+    fits_quota: bool
+    estimated_seconds: float
+
+
+class QuoteResource(BaseModel):
+    """A dry run of a batch (batch control); ``totals`` is null until ``completed``."""
+
+    id: str
+    object: Literal["quote"] = "quote"
+    status: Literal["pending", "completed"]
+    file_count: int
+    items: list[QuoteItem]
+    totals: QuoteTotals | None
+    created_at: str
+    completed_at: str | None
+
+
+class QuotePath(BaseModel):
+    quote_id: str = Field(max_length=64)
 
 
 class BatchList(BaseModel):

@@ -54,7 +54,7 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
 
 @click.command()
 @click.option("--concurrency", "-c", default=2, show_default=True, type=int)
-@click.option("--queues", "-Q", default="items,sweeps", show_default=True)
+@click.option("--queues", "-Q", default="items,sweeps,quotes", show_default=True)
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--hostname", "-n", default=None)
 def worker(concurrency: int, queues: str, loglevel: str, hostname: str | None) -> None:

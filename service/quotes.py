@@ -1,0 +1,240 @@
+"""Quotes (SPEC "Quotes (dry run)"): what a batch would cost and how each file would end.
+
+The API inserts a quote and one ``quote_items`` row per file (in position order), then
+publishes chunks of positions to the ``quotes`` queue. A worker fetches each file and runs
+``ocr.quote_probe`` (page count, pages needing OCR, or the item error code extraction would end
+with) and records a chunk's answers in one transaction that also counts down ``files_left``;
+the transaction that brings it to zero completes the quote (:func:`complete`): it applies the
+customer's remaining quota in position order exactly as the workers bill (the first document
+the quota cannot cover fails ``payment_required``, and so does every later one), and the
+estimated duration.
+
+Duration model (constants from the bench figures in docs/engine.md, "Figures"): a page read
+from its text layer costs ``TEXT_PAGE_SECONDS`` (full extraction with tables and images, ~100
+pages/s), an OCR page ``OCR_PAGE_SECONDS`` (tesseract at 300 dpi, 1.1-1.3 s a page on one core),
+and every item ``ITEM_SECONDS`` of fetch, claim, finish and result upload. The customer's
+queue (its pending and running items, pages known or assumed 1 text page) runs first; work
+spreads over the customer's concurrency cap, and no estimate is shorter than its longest
+document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from service.clock import utcnow
+from service.ids import new_id
+from service.models import Customer, Item, ItemStatus, Quote, QuoteItem, QuoteStatus
+
+TEXT_PAGE_SECONDS = 0.01
+OCR_PAGE_SECONDS = 1.2
+ITEM_SECONDS = 0.05
+#: files one worker task looks at: small enough to spread a quote over every worker process,
+#: large enough that the per-task cost (a message, two transactions) stays a few percent
+CHUNK_FILES = 25
+
+UPLOAD_MISSING = "upload_missing"
+PAYMENT_REQUIRED = "payment_required"
+
+
+@dataclass(frozen=True)
+class QuoteFile:
+    file_id: str
+    #: None when no bytes were uploaded: the item would fail ``upload_missing``
+    blob_key: str | None
+    size_bytes: int
+    sha256_declared: str | None
+
+
+@dataclass(frozen=True)
+class FileAnswer:
+    position: int
+    page_count: int | None
+    ocr_pages: int | None
+    error_code: str | None
+
+
+def create_quote(
+    session: Session,
+    *,
+    customer: Customer,
+    files: Sequence[QuoteFile],
+    options: dict[str, Any],
+    now: datetime,
+    retention: timedelta,
+) -> tuple[Quote, list[tuple[int, int]]]:
+    """Insert the quote and its files; returns it and the position ranges for the workers."""
+    queued = session.execute(
+        select(func.count(), func.coalesce(func.sum(func.coalesce(Item.page_count, 1)), 0)).where(
+            Item.customer_id == customer.id,
+            Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)),
+        )
+    ).one()
+    missing = sum(1 for f in files if f.blob_key is None)
+    quote = Quote(
+        id=new_id("quote"),
+        customer_id=customer.id,
+        status=QuoteStatus.PENDING,
+        options=options,
+        file_count=len(files),
+        files_left=len(files) - missing,
+        queued_items=int(queued[0]),
+        queued_pages=int(queued[1]),
+        totals=None,
+        created_at=now,
+        completed_at=None,
+        expires_at=now + retention,
+    )
+    session.add(quote)
+    session.flush()
+    rows = [
+        {
+            "quote_id": quote.id,
+            "position": position,
+            "file_id": f.file_id,
+            "blob_key": f.blob_key,
+            "size_bytes": f.size_bytes,
+            "sha256_declared": f.sha256_declared,
+            "done": f.blob_key is None,
+            "error_code": UPLOAD_MISSING if f.blob_key is None else None,
+        }
+        for position, f in enumerate(files)
+    ]
+    for start in range(0, len(rows), 5000):
+        session.execute(insert(QuoteItem), rows[start : start + 5000])
+    if quote.files_left == 0:
+        complete(session, quote)
+    waiting = [p for p, f in enumerate(files) if f.blob_key is not None]
+    chunks = [
+        (waiting[i], waiting[min(i + CHUNK_FILES, len(waiting)) - 1] + 1)
+        for i in range(0, len(waiting), CHUNK_FILES)
+    ]
+    return quote, chunks
+
+
+def record_answers(session: Session, quote_id: str, answers: Sequence[FileAnswer]) -> bool:
+    """Store a chunk's answers; True when this completed the quote. A redelivered chunk
+    changes nothing (only rows not yet done are written and counted)."""
+    written = 0
+    for answer in answers:
+        result = session.execute(
+            update(QuoteItem)
+            .where(
+                QuoteItem.quote_id == quote_id,
+                QuoteItem.position == answer.position,
+                QuoteItem.done.is_(False),
+            )
+            .values(
+                done=True,
+                page_count=answer.page_count,
+                ocr_pages=answer.ocr_pages,
+                error_code=answer.error_code,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        written += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if not written:
+        return False
+    # The row lock taken here orders the chunks' countdowns: exactly one sees zero.
+    left = session.execute(
+        update(Quote)
+        .where(Quote.id == quote_id)
+        .values(files_left=Quote.files_left - written)
+        .returning(Quote.files_left)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+    if left > 0:
+        return False
+    quote = session.get(Quote, quote_id, populate_existing=True)
+    assert quote is not None
+    complete(session, quote)
+    return True
+
+
+def complete(session: Session, quote: Quote) -> None:
+    """Apply the quota in position order (as the workers bill) and fill in the totals."""
+    customer = session.get(Customer, quote.customer_id)
+    assert customer is not None
+    remaining = (
+        None
+        if customer.page_quota is None
+        else max(0, customer.page_quota - customer.pages_used - customer.pages_reserved)
+    )
+    items = session.execute(
+        select(QuoteItem.position, QuoteItem.page_count, QuoteItem.ocr_pages, QuoteItem.error_code)
+        .where(QuoteItem.quote_id == quote.id)
+        .order_by(QuoteItem.position)
+    ).all()
+    left = remaining
+    over_quota: list[int] = []
+    pages = ocr_pages = billable = failures = 0
+    work: list[float] = []
+    for item in items:
+        pages += item.page_count or 0
+        ocr_pages += item.ocr_pages or 0
+        # Once the quota cannot cover a document, every later pending item fails with it,
+        # whatever it would have ended with (service workers: _fail_for_quota).
+        if over_quota or (left is not None and item.error_code is None and item.page_count > left):
+            over_quota.append(item.position)
+            failures += 1
+            continue
+        if item.error_code is not None:
+            failures += 1
+            work.append(ITEM_SECONDS)
+            continue
+        if left is not None:
+            left -= item.page_count
+        billable += item.page_count
+        text = item.page_count - (item.ocr_pages or 0)
+        work.append(
+            ITEM_SECONDS + text * TEXT_PAGE_SECONDS + (item.ocr_pages or 0) * OCR_PAGE_SECONDS
+        )
+    for start in range(0, len(over_quota), 5000):
+        session.execute(
+            update(QuoteItem)
+            .where(
+                QuoteItem.quote_id == quote.id,
+                QuoteItem.position.in_(over_quota[start : start + 5000]),
+            )
+            .values(error_code=PAYMENT_REQUIRED)
+            .execution_options(synchronize_session=False)
+        )
+    cap = max(1, customer.concurrency)
+    queued = quote.queued_items * ITEM_SECONDS + quote.queued_pages * TEXT_PAGE_SECONDS
+    estimate = max((queued + sum(work)) / cap, max(work, default=0.0))
+    quote.totals = {
+        "pages": pages,
+        "billable_pages": billable,
+        "ocr_pages": ocr_pages,
+        "predicted_failures": failures,
+        "quota_remaining": remaining,
+        "fits_quota": not over_quota,
+        "estimated_seconds": round(estimate, 1),
+    }
+    quote.status = QuoteStatus.COMPLETED
+    quote.completed_at = utcnow()
+
+
+def quote_items(session: Session, quote_id: str) -> list[QuoteItem]:
+    return list(
+        session.scalars(
+            select(QuoteItem).where(QuoteItem.quote_id == quote_id).order_by(QuoteItem.position)
+        )
+    )
+
+
+def delete_expired(session: Session, now: datetime, limit: int = 500) -> int:
+    """Quotes past retention, with their files (the retention sweep)."""
+    from sqlalchemy import delete
+
+    ids = list(session.scalars(select(Quote.id).where(Quote.expires_at <= now).limit(limit)))
+    if ids:
+        session.execute(delete(QuoteItem).where(QuoteItem.quote_id.in_(ids)))
+        session.execute(delete(Quote).where(Quote.id.in_(ids)))
+    return len(ids)

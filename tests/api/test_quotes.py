@@ -1,0 +1,114 @@
+"""Quotes through the API, the workers' part run in-process (tests/integration/test_quotes.py
+runs it with real worker processes against real submissions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.api.quotes import PUBLISHER
+from tasks.quotes import run_quote_chunk
+from tests.api.conftest import ApiEnv, Tenant
+
+CORPUS = Path(__file__).resolve().parents[2] / "tests" / "corpus"
+if not (CORPUS / "MANIFEST.json").is_file():
+    CORPUS = Path("/work/shared/corpus")
+
+
+@pytest.fixture
+def chunks(api_env: ApiEnv) -> list[tuple[str, int, int]]:
+    published: list[tuple[str, int, int]] = []
+    app: Any = api_env.client.application
+    app.extensions[PUBLISHER] = lambda q, s, e: published.append((q, s, e))
+    return published
+
+
+def _work(env: ApiEnv, published: list[tuple[str, int, int]]) -> None:
+    while published:
+        run_quote_chunk(env.ctx, *published.pop(0))
+
+
+def _upload(tenant: Tenant, *names: str) -> list[str]:
+    return [tenant.upload((CORPUS / n).read_bytes(), n) for n in names]
+
+
+def test_quote_predicts_pages_ocr_and_errors(
+    api_env: ApiEnv, alice: Tenant, chunks: list[tuple[str, int, int]]
+) -> None:
+    names = [
+        "digital-lorem-pdflatex-4p.pdf",
+        "mixed-scan-and-digital-pages-6p.pdf",
+        "encrypted-password-test-4p.pdf",
+        "unsupported-plaintext-named-as.pdf",
+        "image-multipage-3p.tiff",
+    ]
+    files = _upload(alice, *names)
+    waiting = alice.register(b"%PDF-1.4 never uploaded")["id"]
+    response = alice.post("/v1/quotes", {"file_ids": [*files, waiting]})
+    assert response.status_code == 201, response.get_json()
+    quote = response.get_json()
+    assert quote["object"] == "quote" and quote["id"].startswith("quote_")
+    assert quote["status"] == "pending" and quote["totals"] is None
+    assert quote["file_count"] == 6
+    _work(api_env, chunks)
+    done = alice.get(f"/v1/quotes/{quote['id']}").get_json()
+    assert done["status"] == "completed" and done["completed_at"]
+    got = [(i["page_count"], i["ocr_pages"], i["predicted_error"]) for i in done["items"]]
+    assert got == [
+        (4, 0, None),
+        (6, 3, None),
+        (None, None, "extraction_failed"),
+        (None, None, "unsupported_input"),
+        (3, 3, None),
+        (None, None, "upload_missing"),
+    ]
+    totals = done["totals"]
+    assert totals["pages"] == totals["billable_pages"] == 13
+    assert totals["ocr_pages"] == 6
+    assert totals["predicted_failures"] == 3
+    assert totals["quota_remaining"] is None and totals["fits_quota"] is True
+    assert totals["estimated_seconds"] > 0
+    # Nothing extracted or billed, and another customer sees nothing.
+    assert alice.get("/v1/batches").get_json()["data"] == []
+    assert api_env.tenant("bob").get(f"/v1/quotes/{quote['id']}").status_code == 404
+    assert alice.get("/v1/quotes/quote_nope").status_code == 404
+
+
+def test_quote_applies_the_quota_in_position_order(
+    api_env: ApiEnv, chunks: list[tuple[str, int, int]]
+) -> None:
+    tenant = api_env.tenant("metered", quota=6)
+    files = _upload(
+        tenant,
+        "digital-lorem-pdflatex-4p.pdf",
+        "digital-crazyones-1p.pdf",
+        "digital-french-minutes-2p.pdf",
+        "digital-crazyones-1p.pdf",
+    )
+    quote = tenant.post("/v1/quotes", {"file_ids": files}).get_json()
+    _work(api_env, chunks)
+    done = tenant.get(f"/v1/quotes/{quote['id']}").get_json()
+    assert [i["predicted_error"] for i in done["items"]] == [
+        None,
+        None,
+        "payment_required",
+        "payment_required",
+    ]
+    assert done["totals"]["billable_pages"] == 5
+    assert done["totals"]["quota_remaining"] == 6
+    assert done["totals"]["fits_quota"] is False
+
+
+def test_quote_refusals_and_rate_limit_shape(alice: Tenant) -> None:
+    assert alice.post("/v1/quotes", {"file_ids": []}).status_code == 422
+    unknown = alice.post("/v1/quotes", {"file_ids": ["file_nope"]})
+    assert unknown.status_code == 404 and unknown.get_json()["error"] == "file_not_found"
+    assert "X-RateLimit-Limit" in alice.post("/v1/quotes", {"file_ids": ["f"]}).headers
+
+
+def test_quotes_are_documented(alice: Tenant) -> None:
+    paths = alice.get("/openapi.json").get_json()["paths"]
+    assert {"201", "401", "404", "422", "429"} <= set(paths["/v1/quotes"]["post"]["responses"])
+    assert {"200", "401", "404"} <= set(paths["/v1/quotes/{quote_id}"]["get"]["responses"])
