@@ -66,19 +66,30 @@ def per_item(
         for _ in range(rounds):
             t0, c0 = time.perf_counter(), _cpu_s()
             for _ in range(per_round):
-                ocr.extract(data, options, filename="a.pdf", file_id="file_1",
-                            on_page=lambda d, c: None)
+                ocr.extract(
+                    data, options, filename="a.pdf", file_id="file_1", on_page=lambda d, c: None
+                )
             wall["in-process"].append((time.perf_counter() - t0) / per_round)
             cpu["in-process"].append((_cpu_s() - c0) / per_round)
             t0, c0, k0 = time.perf_counter(), _cpu_s(), _cpu_s(pid)
             for _ in range(per_round):
                 if via_file:
                     with input_file(data) as path:
-                        box.extract(path, options, filename="a.pdf", file_id="file_1",
-                                    on_page=lambda d, c: pages.append(d))
+                        box.extract(
+                            path,
+                            options,
+                            filename="a.pdf",
+                            file_id="file_1",
+                            on_page=lambda d, c: pages.append(d),
+                        )
                 else:
-                    box.extract_bytes(data, options, filename="a.pdf", file_id="file_1",
-                                      on_page=lambda d, c: pages.append(d))
+                    box.extract_bytes(
+                        data,
+                        options,
+                        filename="a.pdf",
+                        file_id="file_1",
+                        on_page=lambda d, c: pages.append(d),
+                    )
             wall["sandbox"].append((time.perf_counter() - t0) / per_round)
             cpu["sandbox"].append((_cpu_s() - c0 + _cpu_s(pid) - k0) / per_round)
         assert box.pids() == [pid], "the child was replaced during the run"
@@ -89,9 +100,11 @@ def per_item(
     for name, figures in (("wall", wall), ("CPU (parent + child)", cpu)):
         bare = statistics.median(figures["in-process"])
         boxed = statistics.median(figures["sandbox"])
-        print(f"    {name:>21}: in-process {bare * 1e3:6.2f} ms/item, sandbox {boxed * 1e3:6.2f}"
-              f" ms/item, overhead {(boxed - bare) * 1e3:+.2f} ms/item (goal <= 2),"
-              f" ratio {bare / boxed:.3f}")
+        print(
+            f"    {name:>21}: in-process {bare * 1e3:6.2f} ms/item, sandbox {boxed * 1e3:6.2f}"
+            f" ms/item, overhead {(boxed - bare) * 1e3:+.2f} ms/item (goal <= 2),"
+            f" ratio {bare / boxed:.3f}"
+        )
     spread = {k: [round(v * 1e3, 2) for v in vs] for k, vs in wall.items()}
     print(f"    wall ms/item per round: {spread}")
 
@@ -109,8 +122,10 @@ def cold_start(corpus: Path, repeat: int = 3) -> None:
             box.start()
             box.probe(path)  # waits for ready, then a ~0.5 ms job
             readies.append(time.perf_counter() - t0)
-    print(f"  first job of a new Sandbox: {min(firsts) * 1e3:.0f} ms best,"
-          f" {statistics.median(firsts) * 1e3:.0f} ms median of {repeat}")
+    print(
+        f"  first job of a new Sandbox: {min(firsts) * 1e3:.0f} ms best,"
+        f" {statistics.median(firsts) * 1e3:.0f} ms median of {repeat}"
+    )
     print(f"  start() to a ready child + a probe: {min(readies) * 1e3:.0f} ms best")
 
 
@@ -144,8 +159,10 @@ def ipc(corpus: Path, repeat: int = 300) -> None:
                 json.loads(target.read_bytes())
                 target.unlink()
         file = (time.perf_counter() - t0) / n
-        print(f"  {label} ({len(raw) / 1024:,.0f} KB JSON): pipe {pipe * 1e3:.3f} ms,"
-              f" file {file * 1e3:.3f} ms (write, read, unlink)")
+        print(
+            f"  {label} ({len(raw) / 1024:,.0f} KB JSON): pipe {pipe * 1e3:.3f} ms,"
+            f" file {file * 1e3:.3f} ms (write, read, unlink)"
+        )
 
 
 def precheck(corpus: Path) -> None:
@@ -166,9 +183,11 @@ def precheck(corpus: Path) -> None:
                 ocr.extract(data, {"ocr": "never"})
             extract_total += time.perf_counter() - t0
     n_pdfs = len(list(corpus.glob("*.pdf")))
-    print(f"  pre-check on {n_pdfs} corpus PDFs: {check_total * 1e3:.2f} ms"
-          f" in all (worst {worst[0]} {worst[1] * 1e3:.2f} ms); extracting the born-digital ones"
-          f" (ocr never) {extract_total * 1e3:.0f} ms: {check_total / extract_total:.2%}")
+    print(
+        f"  pre-check on {n_pdfs} corpus PDFs: {check_total * 1e3:.2f} ms"
+        f" in all (worst {worst[0]} {worst[1] * 1e3:.2f} ms); extracting the born-digital ones"
+        f" (ocr never) {extract_total * 1e3:.0f} ms: {check_total / extract_total:.2%}"
+    )
     sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "hostile"))
     import make_hostile
 
@@ -191,9 +210,11 @@ def precheck(corpus: Path) -> None:
             except ocr.ExtractionError as exc:
                 outcome = exc.message
             boxed = time.perf_counter() - t0
-    print(f"  a 320 MB content-stream bomb: the pre-check refuses it in {took * 1e3:.0f} ms"
-          f" (refused={refused}, no memory); past it (escaped name), the default 2048 MB"
-          f" sandbox takes {boxed * 1e3:.0f} ms: {outcome!r}")
+    print(
+        f"  a 320 MB content-stream bomb: the pre-check refuses it in {took * 1e3:.0f} ms"
+        f" (refused={refused}, no memory); past it (escaped name), the default 2048 MB"
+        f" sandbox takes {boxed * 1e3:.0f} ms: {outcome!r}"
+    )
 
 
 _PEAK = r"""
@@ -216,16 +237,25 @@ def memory(corpus: Path) -> None:
     for path in sorted(p for p in corpus.iterdir() if p.is_file() and p.suffix != ".txt"):
         if path.suffix in (".json", ".md"):
             continue
-        proc = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True,
-                              text=True, timeout=600, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-c", _PEAK, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append((out["mb"], path.name, out["s"], out["ok"]))
     rows.sort(reverse=True)
     for mb, name, secs, ok in rows[:8]:
-        print(f"    {mb:7.0f} MB above the imported engine  {secs:6.1f} s  {'ok ' if ok else 'err'}"
-              f"  {name}")
-    print(f"  largest corpus need: {rows[0][0]:.0f} MB ({rows[0][1]}); default budget"
-          f" {SandboxLimits().memory_mb} MB")
+        print(
+            f"    {mb:7.0f} MB above the imported engine  {secs:6.1f} s  {'ok ' if ok else 'err'}"
+            f"  {name}"
+        )
+    print(
+        f"  largest corpus need: {rows[0][0]:.0f} MB ({rows[0][1]}); default budget"
+        f" {SandboxLimits().memory_mb} MB"
+    )
 
 
 def main() -> None:

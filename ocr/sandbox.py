@@ -98,8 +98,8 @@ from typing import Any
 
 from ocr import errors as engine_errors
 from ocr.config import EngineConfig
-from ocr.pipeline import Probe
 from ocr.errors import ExtractionError, ExtractionTimeoutError, ResourceLimitError
+from ocr.pipeline import Probe
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +244,15 @@ class Sandbox:
         private temporary file."""
         if len(data) > INLINE_MAX_BYTES:
             with input_file(data) as path:
-                return self.extract(path, options, filename=filename, file_id=file_id,
-                                    config=config, on_page=on_page, timeout_s=timeout_s)
+                return self.extract(
+                    path,
+                    options,
+                    filename=filename,
+                    file_id=file_id,
+                    config=config,
+                    on_page=on_page,
+                    timeout_s=timeout_s,
+                )
         job = {
             "op": "extract",
             "options": dict(options) if options is not None else None,
@@ -416,8 +423,13 @@ class _ChildGone(Exception):
 class _Child:
     """One child process and its two pipes (parent side)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], requests: Connection, replies: Connection,
-                 limits: SandboxLimits) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        requests: Connection,
+        replies: Connection,
+        limits: SandboxLimits,
+    ) -> None:
         self.proc = proc
         self.requests = requests
         self.replies = replies
@@ -467,8 +479,9 @@ class _Child:
                 os.close(req_r)
             with contextlib.suppress(OSError):
                 os.close(rep_w)
-        return cls(proc, Connection(req_w, readable=False), Connection(rep_r, writable=False),
-                   limits)
+        return cls(
+            proc, Connection(req_w, readable=False), Connection(rep_r, writable=False), limits
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -481,19 +494,33 @@ class _Child:
             msg = self._receive(deadline, memory_mb=self.limits.memory_mb, starting=True)
             if msg is None:
                 self.kill()
-                raise _ChildGone(SandboxCrashError(
-                    f"the extraction sandbox did not start within {timeout_s:.0f} s"))
+                raise _ChildGone(
+                    SandboxCrashError(
+                        f"the extraction sandbox did not start within {timeout_s:.0f} s"
+                    )
+                )
             if msg.get("t") == "ready":
                 self.ready = True
                 self.baseline_mb = float(msg.get("baseline_mb", 0))
-                log.debug("sandbox child %s ready (baseline %.0f MB virtual, limit +%d MB)",
-                          self.proc.pid, self.baseline_mb, self.limits.memory_mb)
+                log.debug(
+                    "sandbox child %s ready (baseline %.0f MB virtual, limit +%d MB)",
+                    self.proc.pid,
+                    self.baseline_mb,
+                    self.limits.memory_mb,
+                )
                 return
             if msg.get("t") == "log":
                 _emit_log(msg)
 
-    def run(self, job: dict[str, Any], config: EngineConfig, on_page: OnPage | None,
-            timeout_s: float, memory_mb: int, inline: bytes | None) -> dict[str, Any]:
+    def run(
+        self,
+        job: dict[str, Any],
+        config: EngineConfig,
+        on_page: OnPage | None,
+        timeout_s: float,
+        memory_mb: int,
+        inline: bytes | None,
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         pages_done = 0
         if config != self._config:
@@ -509,11 +536,14 @@ class _Child:
         while True:
             msg = self._receive(deadline, memory_mb=memory_mb, starting=False)
             if msg is None:
-                log.warning("sandbox child %s ran out of time (%.1f s): killed",
-                            self.proc.pid, timeout_s)
-                raise _ChildGone(ExtractionTimeoutError(
-                    f"The document took longer than {timeout_s:.0f} s to extract."
-                ))
+                log.warning(
+                    "sandbox child %s ran out of time (%.1f s): killed", self.proc.pid, timeout_s
+                )
+                raise _ChildGone(
+                    ExtractionTimeoutError(
+                        f"The document took longer than {timeout_s:.0f} s to extract."
+                    )
+                )
             kind = msg.get("t")
             if kind == "page":
                 pages_done = self._replay(on_page, pages_done, int(msg["done"]), int(msg["count"]))
@@ -540,9 +570,7 @@ class _Child:
                 on_page(page, count)
         return max(done_before, done)
 
-    def _receive(
-        self, deadline: float, *, memory_mb: int, starting: bool
-    ) -> dict[str, Any] | None:
+    def _receive(self, deadline: float, *, memory_mb: int, starting: bool) -> dict[str, Any] | None:
         """The next message, or None when the deadline passed. A dead child -> _ChildGone."""
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not self.replies.poll(remaining):
@@ -600,10 +628,22 @@ class _Child:
 
 
 #: environment variables a child inherits (plus LC_*): the interpreter's, the locale, Tesseract's
-_CHILD_ENV = frozenset({
-    "PATH", "HOME", "LANG", "TMPDIR", "TZ", "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV",
-    "TESSDATA_PREFIX", "OMP_THREAD_LIMIT", "LD_LIBRARY_PATH", "PYTHONDONTWRITEBYTECODE",
-})
+_CHILD_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "LANG",
+        "TMPDIR",
+        "TZ",
+        "PYTHONPATH",
+        "PYTHONHASHSEED",
+        "VIRTUAL_ENV",
+        "TESSDATA_PREFIX",
+        "OMP_THREAD_LIMIT",
+        "LD_LIBRARY_PATH",
+        "PYTHONDONTWRITEBYTECODE",
+    }
+)
 
 
 def _killpg(proc: subprocess.Popen[bytes]) -> None:
@@ -679,8 +719,14 @@ class _PipeLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):  # a log line must never fail a job
-            self._send({"t": "log", "name": record.name, "level": record.levelno,
-                        "msg": self.format(record)})
+            self._send(
+                {
+                    "t": "log",
+                    "name": record.name,
+                    "level": record.levelno,
+                    "msg": self.format(record),
+                }
+            )
 
 
 def _status_kb(field: str) -> int:
@@ -768,8 +814,12 @@ def _child_main() -> None:
                 _send_memory_error(send)
                 continue
             msg: dict[str, Any] = {
-                "t": "error", "kind": "extraction", "class": type(exc).__name__,
-                "code": exc.code, "message": exc.message, "transient": exc.transient,
+                "t": "error",
+                "kind": "extraction",
+                "class": type(exc).__name__,
+                "code": exc.code,
+                "message": exc.message,
+                "transient": exc.transient,
             }
             if isinstance(exc, ocr.UnsupportedLanguageError):
                 msg["languages"] = exc.languages
@@ -779,8 +829,15 @@ def _child_main() -> None:
         except (BrokenPipeError, EOFError):
             return
         except Exception as exc:  # a bug: the parent logs the traceback, the client sees none
-            send({"t": "error", "kind": "crash", "class": type(exc).__name__,
-                  "traceback": traceback.format_exc(), "retire": True})
+            send(
+                {
+                    "t": "error",
+                    "kind": "crash",
+                    "class": type(exc).__name__,
+                    "traceback": traceback.format_exc(),
+                    "retire": True,
+                }
+            )
             return
 
 
@@ -793,8 +850,12 @@ def _send_memory_error(send: Callable[[dict[str, Any]], None]) -> None:
     os._exit(0)
 
 
-def _child_job(job: Mapping[str, Any], config: EngineConfig,
-               send: Callable[[dict[str, Any]], None], inline: bytes | None) -> Any:
+def _child_job(
+    job: Mapping[str, Any],
+    config: EngineConfig,
+    send: Callable[[dict[str, Any]], None],
+    inline: bytes | None,
+) -> Any:
     import ocr
 
     if inline is not None:
@@ -824,8 +885,14 @@ def _child_job(job: Mapping[str, Any], config: EngineConfig,
             last_sent = now
             send({"t": "page", "done": done, "count": count})
 
-    result = ocr.extract(data, job.get("options"), filename=job.get("filename"),
-                         file_id=job.get("file_id"), config=config, on_page=on_page)
+    result = ocr.extract(
+        data,
+        job.get("options"),
+        filename=job.get("filename"),
+        file_id=job.get("file_id"),
+        config=config,
+        on_page=on_page,
+    )
     return result
 
 

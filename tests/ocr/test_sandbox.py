@@ -193,7 +193,9 @@ def test_a_job_over_its_wall_clock_is_killed_and_the_next_one_runs(
     (pid,) = sandbox.pids()
     started = time.monotonic()
     with pytest.raises(ocr.ExtractionTimeoutError) as caught:
-        sandbox.extract(corpus_dir / "scan-generated-multipage-3p.pdf", {"ocr": "force"}, timeout_s=1.0)
+        sandbox.extract(
+            corpus_dir / "scan-generated-multipage-3p.pdf", {"ocr": "force"}, timeout_s=1.0
+        )
     elapsed = time.monotonic() - started
     assert 1.0 <= elapsed < 2.0, elapsed
     assert caught.value.code == "extraction_failed"
@@ -255,9 +257,7 @@ class LeaseLost(Exception):
     pass
 
 
-def test_an_exception_from_on_page_propagates_unchanged(
-    sandbox: Sandbox, corpus_dir: Path
-) -> None:
+def test_an_exception_from_on_page_propagates_unchanged(sandbox: Sandbox, corpus_dir: Path) -> None:
     sandbox.extract(corpus_dir / "digital-crazyones-1p.pdf")
     (pid,) = sandbox.pids()
     lost = LeaseLost("item_1")
@@ -300,8 +300,13 @@ def test_corpus_documents_give_the_same_result(
 
 
 @pytest.mark.parametrize(
-    "name", ["encrypted-password-test-4p.pdf", "empty-zero-byte.pdf",
-             "unsupported-plaintext-named-as.pdf", "corrupted-not-a-valid-pdf.pdf"],
+    "name",
+    [
+        "encrypted-password-test-4p.pdf",
+        "empty-zero-byte.pdf",
+        "unsupported-plaintext-named-as.pdf",
+        "corrupted-not-a-valid-pdf.pdf",
+    ],
 )
 def test_engine_errors_come_back_as_the_same_class_code_and_message(
     name: str, sandbox: Sandbox, corpus_dir: Path
@@ -319,8 +324,9 @@ def test_engine_errors_come_back_as_the_same_class_code_and_message(
 
 def test_a_transient_provider_error_keeps_its_flag(sandbox: Sandbox, corpus_dir: Path) -> None:
     # nothing listens on port 9 of loopback: connection refused, a transient provider error
-    config = EngineConfig(provider="http", http_url="http://127.0.0.1:9/v1", http_model="m",
-                          http_timeout_s=2)
+    config = EngineConfig(
+        provider="http", http_url="http://127.0.0.1:9/v1", http_model="m", http_timeout_s=2
+    )
     with pytest.raises(ocr.OCRProviderError) as caught:
         sandbox.extract(corpus_dir / "image-generated-simple-text.jpg", config=config)
     assert caught.value.transient and caught.value.code == "ocr_provider_error"
@@ -328,8 +334,9 @@ def test_a_transient_provider_error_keeps_its_flag(sandbox: Sandbox, corpus_dir:
 
 def test_the_config_reaches_the_child(sandbox: Sandbox, corpus_dir: Path) -> None:
     with pytest.raises(ocr.PageLimitExceededError):
-        sandbox.extract(corpus_dir / "digital-lorem-pdflatex-4p.pdf",
-                        config=EngineConfig(max_pages=3))
+        sandbox.extract(
+            corpus_dir / "digital-lorem-pdflatex-4p.pdf", config=EngineConfig(max_pages=3)
+        )
     # and a later job with another config is not stuck with it
     assert sandbox.extract(corpus_dir / "digital-lorem-pdflatex-4p.pdf")["page_count"] == 4
 
@@ -444,7 +451,13 @@ print(json.dumps(out))
 
 def _in_process(path: Path) -> dict[str, Any]:
     """The engine without the sandbox, in its own interpreter."""
-    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(path)], capture_output=True,
-                          text=True, timeout=120, cwd=REPO, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUNNER, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=True,
+    )
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
