@@ -68,6 +68,25 @@ def test_db_upgrade_keys_and_customers(cli_env: dict[str, str]) -> None:
     assert again.returncode != 0 and "0 active keys" in again.stderr
 
 
+def test_keys_create_keeps_an_existing_quota_unless_the_flag_is_given(
+    cli_env: dict[str, str],
+) -> None:
+    env = {**cli_env, "PAGELANE_DEFAULT_QUOTA_PAGES": "100"}
+    pagelane("db", "upgrade", env=env)
+
+    def quota(name: str) -> str:
+        listing = pagelane("customers", "list", env=env).stdout
+        return next(line for line in listing.splitlines() if f" {name} " in line).split()[-4]
+
+    pagelane("keys", "create", "--customer", "newco", env=env)
+    assert quota("newco") == "100"  # a new customer gets the default
+    pagelane("keys", "create", "--customer", "bigco", "--quota-pages", "5000", env=env)
+    pagelane("keys", "create", "--customer", "bigco", env=env)
+    assert quota("bigco") == "5000"  # omitted flag: unchanged, not reset to the default
+    pagelane("keys", "create", "--customer", "bigco", "--quota-pages", "7", env=env)
+    assert quota("bigco") == "7"  # an explicit flag changes it
+
+
 def test_bad_configuration_is_a_clear_error(cli_env: dict[str, str]) -> None:
     result = pagelane("worker", env={**cli_env, "PAGELANE_BLOB_STORE": "s3"}, check=False)
     assert result.returncode != 0
@@ -213,8 +232,12 @@ def test_a_second_beat_refuses_to_start(make_settings, tmp_path: Path, flush_red
     try:
         wait_for(lambda: "beat: Starting" in first.log() or "is starting" in first.log(), 30)
         second = subprocess.run(
-            [sys.executable, "-m", "service.cli", "beat"], cwd=REPO, capture_output=True,
-            text=True, timeout=60, env=settings_env(settings),
+            [sys.executable, "-m", "service.cli", "beat"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=settings_env(settings),
         )
         assert second.returncode != 0
         assert "another beat holds the lock" in second.stderr
