@@ -229,7 +229,9 @@ def _role_pid(up: subprocess.Popen[str], role: str) -> int | None:
     for pid in map(int, children):
         with contextlib.suppress(OSError):
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if f"service.cli {role}" in argv or (role == "redis" and "redis-server" in argv):
+            # `api` execs gunicorn; redis-server sets its own process title.
+            marker = {"api": "gunicorn", "redis": "redis-server"}.get(role, f"service.cli {role}")
+            if marker in argv:
                 return pid
     return None
 

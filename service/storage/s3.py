@@ -17,6 +17,7 @@ from botocore.handlers import add_expect_header
 
 from service.storage.base import (
     COPY_CHUNK_BYTES,
+    CREATE_ONLY_HEADERS,
     S3_BATCH_LIMIT,
     BlobInfo,
     BlobNotFoundError,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 def _attachment_disposition(filename: str) -> str:
     """RFC 6266 ``Content-Disposition`` with an ASCII fallback and the exact UTF-8 name."""
     fallback = "".join(ch if ch.isascii() and ch not in '"\\' else "_" for ch in filename)
@@ -44,7 +46,6 @@ def _attachment_disposition(filename: str) -> str:
     if fallback != filename:
         value += f"; filename*=UTF-8''{quote(filename, safe='')}"
     return value
-
 
 
 def _make_s3_client(
@@ -140,7 +141,10 @@ class S3BlobStore(BlobStore):
         validate_header_value("content_type", content_type)
         if content_length is not None and content_length < 0:
             raise ValueError("content_length must be >= 0")
-        params: dict[str, object] = {"Bucket": self._bucket, "Key": key}
+        # Create-only: a signed header, so S3 answers 412 PreconditionFailed to a PUT of a key
+        # that exists (S3 conditional writes; MinIO and moto honour it too), and a client that
+        # leaves the header out breaks the signature (403).
+        params: dict[str, object] = {"Bucket": self._bucket, "Key": key, "IfNoneMatch": "*"}
         headers: dict[str, str] = {}
         if content_type:
             params["ContentType"] = content_type
@@ -155,6 +159,7 @@ class S3BlobStore(BlobStore):
             url = self._client.generate_presigned_url(
                 "put_object", Params=params, ExpiresIn=expires_in
             )
+        headers.update(CREATE_ONLY_HEADERS)
         return PresignedRequest(method="PUT", url=url, headers=headers, expires_at=expires_at)
 
     def presign_get(self, key: str, *, expires_in: int, filename: str | None = None) -> str:
@@ -299,5 +304,3 @@ class S3BlobStore(BlobStore):
             log.warning("blob store not ready: S3 bucket %s: %s", self._bucket, exc)
             return False
         return True
-
-

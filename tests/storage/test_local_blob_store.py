@@ -13,6 +13,7 @@ import pytest
 
 from service.settings import load_settings
 from service.storage import (
+    BlobExistsError,
     BlobLengthMismatchError,
     BlobNotFoundError,
     LocalBlobStore,
@@ -288,39 +289,49 @@ def _start_partial_upload(url: str, total: int, sent: bytes) -> socket.socket:
     return connection
 
 
-@pytest.mark.parametrize("had_previous_version", [False, True])
-def test_half_written_upload_is_never_visible(local: Backend, had_previous_version: bool) -> None:
+def test_half_written_upload_is_never_visible(local: Backend) -> None:
+    # (Uploads are create-only: a key holding a previous version refuses the PUT outright,
+    # see test_an_upload_that_loses_the_race_stores_nothing.)
     store = _store(local)
     key = local.key("inputs/file_partial")
     directory = store.root / local.prefix / "inputs"
-    if had_previous_version:
-        store.put(key, b"previous")
     body = os.urandom(200_000)
     request = store.presign_put(key, content_length=len(body), content_type=None, expires_in=60)
 
     connection = _start_partial_upload(request.url, len(body), body[:80_000])
     try:
         assert wait_for(lambda: _temp_files(directory)), "the server never started writing"
-        if had_previous_version:
-            info = store.head(key)
-            assert info is not None and info.size == len(b"previous")
-            assert store.get(key) == b"previous"
-            assert [b.size for b in store.list_prefix(local.prefix)] == [len(b"previous")]
-            assert local.http.get(store.presign_get(key, expires_in=60)).content == b"previous"
-        else:
-            assert store.head(key) is None
-            with pytest.raises(BlobNotFoundError):
-                store.get(key)
-            assert list(store.list_prefix(local.prefix)) == []
-            assert local.http.get(store.presign_get(key, expires_in=60)).status_code == 404
+        assert store.head(key) is None
+        with pytest.raises(BlobNotFoundError):
+            store.get(key)
+        assert list(store.list_prefix(local.prefix)) == []
+        assert local.http.get(store.presign_get(key, expires_in=60)).status_code == 404
     finally:
         connection.close()  # the client hangs up mid-body
 
     assert wait_for(lambda: not _temp_files(directory)), "the partial upload was left behind"
-    if had_previous_version:
-        assert store.get(key) == b"previous"
-    else:
-        assert store.head(key) is None
+    assert store.head(key) is None
+
+
+def test_an_upload_that_loses_the_race_stores_nothing(local: Backend) -> None:
+    """Two uploads of one key at once: the one published first stays, the other is refused
+    when it tries to publish (link, not rename), and leaves no temp file."""
+    store = _store(local)
+    key = local.key("inputs/file_race")
+
+    class WinnerArrivesMidBody(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            chunk = super().read(size)
+            if chunk and store.head(key) is None:
+                store.put(key, b"the winner")  # the other upload finishes first
+            return chunk
+
+    with pytest.raises(BlobExistsError):
+        store.receive_upload(key, WinnerArrivesMidBody(b"the loser"), expected_length=9)
+    assert store.get(key) == b"the winner"
+    assert _temp_files(store.root / local.prefix / "inputs") == []
+    with pytest.raises(BlobExistsError):  # and once there, refused before reading the body
+        store.receive_upload(key, io.BytesIO(b"late"), expected_length=None)
 
 
 def test_temp_files_are_not_blobs(local: Backend) -> None:
@@ -370,10 +381,9 @@ def test_receive_upload_stops_one_byte_past_the_signed_length(local: Backend) ->
     assert _temp_files(store.root / local.prefix) == []
 
 
-def test_failed_write_leaves_the_previous_blob_and_no_temp_file(local: Backend) -> None:
+def test_failed_write_stores_nothing_and_leaves_no_temp_file(local: Backend) -> None:
     store = _store(local)
     key = local.key("inputs/file_fail")
-    store.put(key, b"previous")
 
     class _BrokenStream(io.RawIOBase):
         def read(self, size: int = -1) -> bytes:
@@ -382,7 +392,7 @@ def test_failed_write_leaves_the_previous_blob_and_no_temp_file(local: Backend) 
     with pytest.raises(UploadInterruptedError, match="connection reset"):
         store.receive_upload(key, _BrokenStream(), expected_length=None)  # type: ignore[arg-type]
 
-    assert store.get(key) == b"previous"
+    assert store.head(key) is None
     assert _temp_files(store.root / local.prefix / "inputs") == []
 
 
