@@ -436,3 +436,45 @@ def test_make_blob_store_builds_the_configured_backend(tmp_path: Path) -> None:
     assert isinstance(s3, S3BlobStore)
     assert s3.bucket == "pagelane-inputs"
     assert s3.presign_get("a", expires_in=5).startswith("http://127.0.0.1:9/pagelane-inputs/a?")
+
+
+def test_access_log_lines_do_not_print_the_signature_of_signed_urls() -> None:
+    """Whoever reads the API's access log must not be able to replay a signed URL."""
+    import datetime as dt
+    import logging
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from service.logs import GunicornLogger
+
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    logger = GunicornLogger(cfg)
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger.access_log.addHandler(Collect())
+    sig = "9f" * 32
+    query = f"method=PUT&expires=1700000000&len=12&sig={sig}"
+    environ = {
+        "REQUEST_METHOD": "PUT",
+        "RAW_URI": f"/blobs/cus_1/inputs/file_1?{query}",
+        "PATH_INFO": "/blobs/cus_1/inputs/file_1",
+        "QUERY_STRING": query,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_REFERER": f"http://127.0.0.1:8080/blobs/cus_1/inputs/file_1?{query}",
+    }
+    response = SimpleNamespace(status="200 OK", headers=[], sent=0)
+    request = SimpleNamespace(headers=[])
+    logger.access(response, request, environ, dt.timedelta(milliseconds=3))
+
+    assert lines, "no access line"
+    assert sig not in "".join(lines)
+    assert "/blobs/cus_1/inputs/file_1?method=PUT" in lines[0] and "sig=REDACTED" in lines[0]
+    atoms = logger.atoms(response, request, environ, dt.timedelta(milliseconds=3))
+    assert not [name for name, value in atoms.items() if isinstance(value, str) and sig in value]
