@@ -344,7 +344,7 @@ def _record_sha256_at_first_sight(ctx: TaskContext, file_id: str, digest: str) -
     with transaction(ctx.session_factory) as session:
         connection = session.connection()
         recorded = connection.execute(_RECORD_SHA256, {"p_file_id": file_id, "p_sha256": digest})
-        if recorded.rowcount:  # type: ignore[attr-defined]
+        if recorded.rowcount:
             return digest
         return str(connection.scalar(select(File.sha256).where(File.id == file_id)))
 
