@@ -51,15 +51,21 @@ def get_or_create_customer(
     name: str,
     *,
     default_concurrency: int,
+    default_quota_pages: int | None = None,
     quota_pages: int | None = None,
     concurrency: int | None = None,
 ) -> Customer:
+    """The customer named ``name``, created with the defaults if new.
+
+    Only explicit values change an existing customer: ``quota_pages=None`` keeps its quota
+    (the default applies to new customers only), ``concurrency=None`` keeps its cap.
+    """
     customer = session.scalar(select(Customer).where(Customer.name == name))
     if customer is None:
         customer = Customer(
             id=new_id("cus"),
             name=name,
-            page_quota=quota_pages,
+            page_quota=quota_pages if quota_pages is not None else default_quota_pages,
             pages_used=0,
             pages_reserved=0,
             concurrency=concurrency or default_concurrency,

@@ -48,6 +48,17 @@ class Settings(BaseSettings):
 
     # --- limits (SPEC "Limits and defaults") -----------------------------------------------
     retention_hours: int = Field(24, ge=1, description="Retention of inputs and results.")
+    blob_sweep_budget_seconds: float = Field(
+        40.0,
+        gt=0,
+        le=3600,
+        description="Time one run of the blob deletion sweep may spend (it runs every minute).",
+    )
+    orphan_sweep_max_keys: int = Field(
+        100_000,
+        ge=1000,
+        description="Store keys the orphan sweep lists per run (it runs every 5 minutes).",
+    )
     idempotency_hours: int = Field(
         24, ge=1, description="How long an Idempotency-Key is remembered."
     )

@@ -97,7 +97,11 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "pagelane.sweep.redispatch_lost_items",
         ),
         "expire-uploads": every(60, "pagelane.sweep.expire_uploads"),
-        "delete-expired-blobs": every(300, "pagelane.sweep.delete_expired_blobs"),
+        # Every minute, each run deleting until done or its time budget is spent (1,000 keys a
+        # DeleteObjects call): it keeps up with the largest upload rate (docs/operations.md).
+        "delete-expired-blobs": every(60, "pagelane.sweep.delete_expired_blobs"),
+        # Blobs no row points at; each run lists a bounded slice of the store.
+        "delete-orphan-blobs": every(300, "pagelane.sweep.delete_orphan_blobs"),
         "prune-idempotency-keys": every(3600, "pagelane.sweep.prune_idempotency_keys"),
         "prune-quotes": every(3600, "pagelane.sweep.prune_quotes"),  # batch control
     }

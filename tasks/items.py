@@ -91,7 +91,8 @@ class Claim:
     blob_key: str
     filename: str | None
     sha256_declared: str | None
-    sha256_known: bool
+    # The digest recorded when the worker first read the upload (None: never read yet).
+    sha256_recorded: str | None
     # Only this worker changes it while it holds the lease.
     ocr_failures: int
     handoff: Handoff = field(default_factory=Handoff)
@@ -161,7 +162,7 @@ def claim_item(ctx: TaskContext, item_id: str) -> Claim | None:
         blob_key=row.blob_key,
         filename=row.filename,
         sha256_declared=row.sha256_declared,
-        sha256_known=row.sha256 is not None,
+        sha256_recorded=row.sha256,
         ocr_failures=row.ocr_failures,
     )
 
@@ -252,6 +253,16 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
             claim,
             Failure("extraction_failed", "the uploaded bytes do not match the declared sha256"),
         )
+    # Uploads are create-only, but a store that ignores the condition (or a bucket written to
+    # out of band) could still swap the input: the first read records the digest, every later
+    # read must find the same bytes.
+    recorded = claim.sha256_recorded or _record_sha256_at_first_sight(ctx, claim.file_id, digest)
+    if recorded != digest:
+        log.warning(
+            "input changed after upload",
+            extra={"file_id": claim.file_id, "recorded": recorded, "read": digest},
+        )
+        return _fail(ctx, claim, Failure("extraction_failed", "the input changed after upload"))
 
     config = ocr_config(settings)
     reserved = 0
@@ -327,6 +338,19 @@ _CLAIM_READ = (
     .join(File, File.id == Item.file_id)
     .where(Item.id == bindparam("p_item_id"))
 )
+
+
+def _record_sha256_at_first_sight(ctx: TaskContext, file_id: str, digest: str) -> str:
+    """Record ``digest`` as the file's sha256 unless one is recorded; returns the recorded one
+    (another item of the same file may have read it first)."""
+    with transaction(ctx.session_factory) as session:
+        connection = session.connection()
+        recorded = connection.execute(_RECORD_SHA256, {"p_file_id": file_id, "p_sha256": digest})
+        if recorded.rowcount:
+            return digest
+        return str(connection.scalar(select(File.sha256).where(File.id == file_id)))
+
+
 # SPEC: a file's sha256 is null until known.
 _RECORD_SHA256 = (
     update(File)
@@ -413,10 +437,6 @@ def _succeed(
                     .where(Batch.id == claim.batch_id)
                     .values(pages_billed=Batch.pages_billed - pages)
                     .execution_options(synchronize_session=False)
-                )
-            if not claim.sha256_known:
-                session.connection().execute(
-                    _RECORD_SHA256, {"p_file_id": claim.file_id, "p_sha256": digest}
                 )
             admitted = ctx.dispatcher.mark_admitted(session, claim.customer_id, cap=claim.cap)
     except lifecycle.ItemNotMovedError:

@@ -9,15 +9,17 @@ Each takes ``now`` as an argument so tests can drive them with an injected clock
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 
 from service import lifecycle, metrics
 from service.billing import release_pages
 from service.db import transaction
 from service.models import File, FileStatus, IdempotencyKey, Item, ItemStatus
+from service.storage import BlobStore
 from tasks.context import TaskContext
 from tasks.dispatch import customer_cap
 
@@ -52,8 +54,9 @@ def requeue_stale_items(ctx: TaskContext, now: datetime) -> dict[str, int]:
             # sweep, and the reservation released is the one the item holds as it moves.
             lifecycle.lock_batch(session, batch_id)
             item = session.execute(
-                select(Item.customer_id, Item.attempts, Item.ocr_failures, Item.pages_reserved)
-                .where(
+                select(
+                    Item.customer_id, Item.attempts, Item.ocr_failures, Item.pages_reserved
+                ).where(
                     Item.id == item_id,
                     Item.status == ItemStatus.RUNNING,
                     Item.lease_expires_at < now,
@@ -194,27 +197,77 @@ def _fail_pending_items_of_files(ctx: TaskContext, file_ids: list[str], now: dat
     return failed
 
 
+# Rows one deletion step moves: four DeleteObjects calls of 1,000 keys (S3's maximum), which
+# the S3 store sends concurrently.
+DELETE_BATCH = 4000
+# Files that expired while awaiting upload are looked at this long after their expiry (the
+# index range stays small); anything older the sweeps missed is the orphan sweep's.
+EXPIRED_LOOKBACK = timedelta(days=2)
+ORPHAN_CURSOR_KEY = "pagelane:sweep:orphans:cursor"
+
+
 def delete_expired_blobs(ctx: TaskContext, now: datetime) -> dict[str, int]:
-    """Inputs past retention from upload and results past retention from completion."""
+    """Inputs past retention (from upload, or from registration for uploads never noticed)
+    and results past retention from completion, 1,000 a step until none is left or the run's
+    time budget (``blob_sweep_budget_seconds``) is spent; the next run continues."""
     store = ctx.blob_store
     if store is None:
         return {"inputs": 0, "results": 0}
+    deadline = time.monotonic() + ctx.settings.blob_sweep_budget_seconds
+    totals = {"inputs": 0, "results": 0}
+    inputs_left = results_left = True
+    while inputs_left or results_left:
+        if inputs_left:
+            deleted = _delete_expired_inputs(ctx, store, now)
+            totals["inputs"] += deleted
+            inputs_left = deleted == DELETE_BATCH
+        if results_left:
+            deleted = _delete_expired_results(ctx, store, now)
+            totals["results"] += deleted
+            results_left = deleted == DELETE_BATCH
+        if time.monotonic() >= deadline:
+            if inputs_left or results_left:
+                log.warning("blob deletion sweep ran out of its time budget; continuing next run")
+            break
+    return totals
+
+
+def _delete_expired_inputs(ctx: TaskContext, store: BlobStore, now: datetime) -> int:
     retention = timedelta(hours=ctx.settings.retention_hours)
     with transaction(ctx.session_factory) as session:
         statement = (
             select(File.id, File.blob_key)
-            .where(File.status == FileStatus.UPLOADED, File.uploaded_at <= now - retention)
-            .limit(BATCH_SIZE)
+            .where(
+                File.input_deleted_at.is_(None),
+                or_(
+                    # Uploaded: retention from the upload.
+                    and_(File.status == FileStatus.UPLOADED, File.uploaded_at <= now - retention),
+                    # Expired while awaiting upload (expires_at = registration + retention):
+                    # the PUT may have landed unnoticed, or after the expiry. Delete the key
+                    # whether or not it holds bytes (a missing key is not an error).
+                    and_(
+                        File.status == FileStatus.EXPIRED,
+                        File.expires_at <= now,
+                        File.expires_at > now - EXPIRED_LOOKBACK,
+                    ),
+                ),
+            )
+            .limit(DELETE_BATCH)
         )
         inputs = session.execute(_skip_locked(ctx, statement)).all()
+        if not inputs:
+            return 0
         store.delete_many([key for _, key in inputs])
-        if inputs:
-            session.execute(
-                update(File)
-                .where(File.id.in_([file_id for file_id, _ in inputs]))
-                .values(status=FileStatus.EXPIRED, input_deleted_at=now)
-                .execution_options(synchronize_session=False)
-            )
+        session.execute(
+            update(File)
+            .where(File.id.in_([file_id for file_id, _ in inputs]))
+            .values(status=FileStatus.EXPIRED, input_deleted_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return len(inputs)
+
+
+def _delete_expired_results(ctx: TaskContext, store: BlobStore, now: datetime) -> int:
     with transaction(ctx.session_factory) as session:
         result_rows = (
             select(Item.id, Item.result_key)
@@ -223,19 +276,115 @@ def delete_expired_blobs(ctx: TaskContext, now: datetime) -> dict[str, int]:
                 Item.result_deleted_at.is_(None),
                 Item.result_expires_at <= now,
             )
-            .limit(BATCH_SIZE)
+            .limit(DELETE_BATCH)
         )
         results = session.execute(_skip_locked(ctx, result_rows)).all()
+        if not results:
+            return 0
         store.delete_many([key for _, key in results if key])
-        if results:
-            # Not a visible item change (status stays succeeded); the result endpoint says 410.
-            session.execute(
-                update(Item)
-                .where(Item.id.in_([item_id for item_id, _ in results]))
-                .values(result_deleted_at=now)
-                .execution_options(synchronize_session=False)
+        # Not a visible item change (status stays succeeded); the result endpoint says 410.
+        session.execute(
+            update(Item)
+            .where(Item.id.in_([item_id for item_id, _ in results]))
+            .values(result_deleted_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return len(results)
+
+
+def delete_orphan_blobs(ctx: TaskContext, now: datetime) -> dict[str, int]:
+    """Blobs no live row points at (a crashed registration, an upload that landed after its
+    file was swept, a result whose worker lost its lease), older than retention by the
+    store's own ``last_modified``: deleted.
+
+    The store is listed in key order from a cursor kept in Redis, at most
+    ``orphan_sweep_max_keys`` keys a run (S3: one ListObjectsV2 call per 1,000), so a run's
+    cost is bounded and successive runs walk the whole store, then start over. A lost cursor
+    only restarts the walk. Live means: an input whose file is ``awaiting_upload`` or
+    ``uploaded`` (its retention runs from the upload, which the row knows), a result whose item
+    holds it and has not had it deleted. Everything else old enough goes.
+    """
+    store = ctx.blob_store
+    if store is None:
+        return {"listed": 0, "orphans": 0}
+    cutoff = now - timedelta(hours=ctx.settings.retention_hours)
+    try:
+        raw = ctx.redis.get(ORPHAN_CURSOR_KEY)
+        cursor = raw.decode() if isinstance(raw, bytes) else None
+    except Exception:
+        log.warning("orphan sweep: no cursor (Redis unreachable); starting from the beginning")
+        cursor = None
+    listed = orphans = 0
+    candidates: list[str] = []
+    last_key: str | None = None
+    for info in store.list_prefix("", start_after=cursor):
+        listed += 1
+        last_key = info.key
+        if info.last_modified is not None and _aware(info.last_modified) <= _aware(cutoff):
+            candidates.append(info.key)
+        if len(candidates) >= 1000:
+            orphans += _delete_unowned(ctx, store, candidates)
+            candidates = []
+        if listed >= ctx.settings.orphan_sweep_max_keys:
+            break
+    else:
+        last_key = None  # the walk reached the end: the next run starts over
+    if candidates:
+        orphans += _delete_unowned(ctx, store, candidates)
+    try:
+        if last_key is None:
+            ctx.redis.delete(ORPHAN_CURSOR_KEY)
+        else:
+            ctx.redis.set(ORPHAN_CURSOR_KEY, last_key, ex=7 * 24 * 3600)
+    except Exception:
+        log.warning("orphan sweep: could not save its cursor (Redis unreachable)")
+    return {"listed": listed, "orphans": orphans}
+
+
+def _delete_unowned(ctx: TaskContext, store: BlobStore, keys: list[str]) -> int:
+    """Delete those of ``keys`` (old enough) that no live row owns; returns how many."""
+    inputs: dict[str, str] = {}  # file id -> key
+    results: dict[str, str] = {}  # item id -> key
+    unknown: list[str] = []
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) == 3 and parts[1] == "inputs":
+            inputs[parts[2]] = key
+        elif len(parts) == 4 and parts[1] == "results" and parts[3].endswith(".json"):
+            results[parts[3][: -len(".json")]] = key
+        else:
+            unknown.append(key)  # not a key our services make: left alone
+    live: set[str] = set()
+    with ctx.session_factory() as session:
+        if inputs:
+            live.update(
+                session.scalars(
+                    select(File.blob_key).where(
+                        File.id.in_(list(inputs)),
+                        File.status.in_([FileStatus.AWAITING_UPLOAD, FileStatus.UPLOADED]),
+                        File.input_deleted_at.is_(None),
+                    )
+                )
             )
-    return {"inputs": len(inputs), "results": len(results)}
+        if results:
+            live.update(
+                key
+                for key in session.scalars(
+                    select(Item.result_key).where(
+                        Item.id.in_(list(results)), Item.result_deleted_at.is_(None)
+                    )
+                )
+                if key
+            )
+    doomed = [key for key in [*inputs.values(), *results.values()] if key not in live]
+    if doomed:
+        store.delete_many(doomed)
+        log.info("orphan sweep deleted %d blobs", len(doomed))
+    return len(doomed)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def prune_idempotency_keys(ctx: TaskContext, now: datetime) -> dict[str, int]:
@@ -264,5 +413,6 @@ SWEEPS = {
     "redispatch_lost_items": redispatch_lost_items,
     "expire_uploads": expire_uploads,
     "delete_expired_blobs": delete_expired_blobs,
+    "delete_orphan_blobs": delete_orphan_blobs,
     "prune_idempotency_keys": prune_idempotency_keys,
 }

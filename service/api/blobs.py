@@ -15,6 +15,9 @@ from flask import Blueprint, Response, jsonify, request, send_file
 from werkzeug.exceptions import ClientDisconnected
 
 from service.storage import (
+    UPLOAD_EXISTS_CODE,
+    UPLOAD_EXISTS_STATUS,
+    BlobExistsError,
     BlobLengthMismatchError,
     BlobStoreError,
     LocalBlobStore,
@@ -70,8 +73,9 @@ def make_blobs_blueprint(store: LocalBlobStore) -> Blueprint:
     content type or download name changed), expired, or used with another HTTP method gets 403
     ``invalid_signature``, before any body byte is read. An upload whose body length differs
     from the signed one gets 400 ``length_mismatch`` and stores nothing; a finished upload
-    replaces the blob atomically and answers 200 with an empty body (as S3 does). A download of
-    a missing blob is 404 ``not_found``.
+    is published atomically and answers 200 with an empty body (as S3 does). Uploads are
+    create-only: a PUT to a key that holds a blob gets 412 ``blob_exists`` and changes
+    nothing. A download of a missing blob is 404 ``not_found``.
     """
     blueprint = Blueprint("blobs", __name__)
 
@@ -99,6 +103,15 @@ def make_blobs_blueprint(store: LocalBlobStore) -> Blueprint:
             stored = store.receive_upload(key, request.stream, expected_length=signed.length)
         except BlobLengthMismatchError as exc:
             return _length_mismatch(exc.expected, exc.received)
+        except BlobExistsError:
+            # Create-only, as S3 with If-None-Match: * (412): a replayed URL cannot swap the
+            # input after its sha256 was recorded.
+            return _error(
+                UPLOAD_EXISTS_STATUS,
+                UPLOAD_EXISTS_CODE,
+                "this file was already uploaded; uploads cannot be replaced "
+                "(register a new file for other bytes)",
+            )
         except (ClientDisconnected, UploadInterruptedError):
             # Nobody is left to read this answer; the point is that nothing was stored.
             log.info("upload of %s abandoned by the client; nothing stored", key)

@@ -25,8 +25,6 @@ def db_upgrade(revision: str) -> None:
     engine.dispose()
 
 
-
-
 @click.group()
 def keys() -> None:
     """API keys."""
@@ -34,7 +32,12 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--customer", "customer_name", required=True, help="Customer name (created if new).")
-@click.option("--quota-pages", type=int, default=None, help="Page quota (default: unlimited).")
+@click.option(
+    "--quota-pages",
+    type=int,
+    default=None,
+    help="Page quota (new customers: PAGELANE_DEFAULT_QUOTA_PAGES; existing: unchanged).",
+)
 @click.option("--concurrency", type=int, default=None, help="Running items cap, fleet-wide.")
 def keys_create(customer_name: str, quota_pages: int | None, concurrency: int | None) -> None:
     """Create an API key; the key alone is printed on the last line."""
@@ -48,7 +51,10 @@ def keys_create(customer_name: str, quota_pages: int | None, concurrency: int | 
             session,
             customer_name,
             default_concurrency=settings.default_concurrency,
-            quota_pages=quota_pages if quota_pages is not None else settings.default_quota_pages,
+            # The default is for new customers; an existing one keeps its quota unless the
+            # flag says otherwise.
+            default_quota_pages=settings.default_quota_pages,
+            quota_pages=quota_pages,
             concurrency=concurrency,
         )
         row, key = create_api_key(session, customer)

@@ -138,6 +138,29 @@ def beat(loglevel: str) -> None:
         lock.release()
 
 
+def release_dead_beat_lock(redis_url: str, pid: int) -> bool:
+    """Release the beat lock if the beat process ``pid`` of this host holds it (it died).
+
+    Compare-and-delete in one script: a lock another beat took meanwhile is left alone.
+    """
+    import socket
+
+    import redis
+
+    from tasks.beat import LOCK_KEY
+
+    script = (
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
+        "return 0"
+    )
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        token = f"{socket.gethostname()}:{pid}"
+        return bool(client.eval(script, 1, LOCK_KEY, token))
+    finally:
+        client.close()
+
+
 @click.command()
 @click.option("--port", default=5555, show_default=True, type=int)
 @click.option("--basic-auth", default=None, help="user:password")

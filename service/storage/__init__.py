@@ -11,6 +11,9 @@ from __future__ import annotations
 from service.settings import Settings
 from service.storage.base import (
     MAX_PRESIGN_SECONDS,
+    UPLOAD_EXISTS_CODE,
+    UPLOAD_EXISTS_STATUS,
+    BlobExistsError,
     BlobInfo,
     BlobLengthMismatchError,
     BlobNotFoundError,
@@ -44,6 +47,9 @@ def make_blob_store(settings: Settings) -> BlobStore:
 
 __all__ = [
     "MAX_PRESIGN_SECONDS",
+    "UPLOAD_EXISTS_CODE",
+    "UPLOAD_EXISTS_STATUS",
+    "BlobExistsError",
     "BlobInfo",
     "BlobLengthMismatchError",
     "BlobNotFoundError",

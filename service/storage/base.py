@@ -70,6 +70,18 @@ class UploadInterruptedError(Exception):
     """Reading an upload's body failed (the client hung up); nothing was stored."""
 
 
+class BlobExistsError(Exception):
+    """An upload to a key that already holds a blob: uploads are create-only."""
+
+
+# What the stores answer to a replayed upload URL: S3's own status for a failed
+# ``If-None-Match: *``, and the error code the local store puts in its JSON body.
+UPLOAD_EXISTS_STATUS = 412
+UPLOAD_EXISTS_CODE = "blob_exists"
+# Sent with every upload (part of PresignedRequest.headers); S3 checks it as a signed header.
+CREATE_ONLY_HEADERS = {"If-None-Match": "*"}
+
+
 class BlobLengthMismatchError(ValueError):
     """An upload's body did not have the length its URL was signed for; nothing was stored."""
 
@@ -100,8 +112,13 @@ class BlobStore(Protocol):
         library adds ``Content-Length`` from the body. When ``content_length`` is given, a body
         of any other length is refused (S3 signs ``Content-Length``; the local backend compares
         it) and nothing is stored. When ``content_type`` is given the upload must carry exactly
-        that ``Content-Type``; when it is not, any type is accepted. A later PUT to the same URL
-        before expiry replaces the blob.
+        that ``Content-Type``; when it is not, any type is accepted.
+
+        Uploads are create-only: once a blob is stored under ``key``, a later PUT (the same URL
+        replayed, or any other) is refused with HTTP 412 and stores nothing, so the input
+        behind a recorded sha256 cannot be swapped. S3 enforces it with ``If-None-Match: *``
+        signed into the URL (so the client cannot drop it); the local store refuses any second
+        PUT itself. ``headers`` therefore always holds ``If-None-Match: *``.
         """
         ...
 
@@ -201,10 +218,8 @@ def download_name(filename: str) -> str:
     return cleaned or "download"
 
 
-
 def expiry_instant(now: float, expires_in: int) -> datetime:
     return datetime.fromtimestamp(int(now) + expires_in, UTC)
-
 
 
 # --- the keys of our services -------------------------------------------------------------------

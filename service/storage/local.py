@@ -21,6 +21,8 @@ from urllib.parse import urlencode
 
 from service.storage.base import (
     COPY_CHUNK_BYTES,
+    CREATE_ONLY_HEADERS,
+    BlobExistsError,
     BlobInfo,
     BlobLengthMismatchError,
     BlobNotFoundError,
@@ -160,6 +162,7 @@ class LocalBlobStore(BlobStore):
             },
         )
         headers = {"Content-Type": content_type} if content_type else {}
+        headers.update(CREATE_ONLY_HEADERS)  # not needed here (every upload is create-only)
         return PresignedRequest(method="PUT", url=url, headers=headers, expires_at=expires_at)
 
     def presign_get(self, key: str, *, expires_in: int, filename: str | None = None) -> str:
@@ -216,8 +219,30 @@ class LocalBlobStore(BlobStore):
                 os.unlink(temp_name)
             raise
 
+    @contextlib.contextmanager
+    def _atomic_create(self, path: Path, key: str) -> Iterator[BinaryIO]:
+        """Like :meth:`_atomic_replace`, but the finished file is linked in only if ``path``
+        does not exist (``link`` fails on an existing target, atomically): create-only."""
+        fd, temp_name = self._create_temp_beside(path)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield out
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(temp_name, path)
+            except FileExistsError as exc:
+                raise BlobExistsError(key) from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_name)
+
     def receive_upload(self, key: str, body: IO[bytes], *, expected_length: int | None) -> int:
         """Copy ``body`` to ``key`` in chunks and publish it atomically; returns bytes stored.
+
+        Create-only: when ``key`` already holds a blob, :class:`BlobExistsError` is raised
+        (before the body is read when the blob was there first; if a concurrent upload wins
+        the race, after) and the stored blob is left as it is.
 
         With ``expected_length``, a body of any other length raises
         :class:`BlobLengthMismatchError` and stores nothing; at most one byte past the expected
@@ -226,15 +251,15 @@ class LocalBlobStore(BlobStore):
         (werkzeug's ``ClientDisconnected``) passes through unchanged.
         """
         path = self.blob_path(key)
+        if self.head(key) is not None:
+            raise BlobExistsError(key)
         received = 0
-        with self._os_errors(f"upload of {key!r}"), self._atomic_replace(path) as out:
+        with self._os_errors(f"upload of {key!r}"), self._atomic_create(path, key) as out:
             # Read one byte past the signed length so an overlong body is detected, not cut.
             budget = None if expected_length is None else expected_length + 1
             while budget is None or received < budget:
                 want = (
-                    COPY_CHUNK_BYTES
-                    if budget is None
-                    else min(COPY_CHUNK_BYTES, budget - received)
+                    COPY_CHUNK_BYTES if budget is None else min(COPY_CHUNK_BYTES, budget - received)
                 )
                 try:
                     chunk = body.read(want)
@@ -376,5 +401,3 @@ class LocalBlobStore(BlobStore):
 
 def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime, UTC)
-
-

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -17,6 +18,7 @@ from botocore.handlers import add_expect_header
 
 from service.storage.base import (
     COPY_CHUNK_BYTES,
+    CREATE_ONLY_HEADERS,
     S3_BATCH_LIMIT,
     BlobInfo,
     BlobNotFoundError,
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# DeleteObjects calls in flight at once in one delete_many.
+DELETE_THREADS = 4
+
+
 def _attachment_disposition(filename: str) -> str:
     """RFC 6266 ``Content-Disposition`` with an ASCII fallback and the exact UTF-8 name."""
     fallback = "".join(ch if ch.isascii() and ch not in '"\\' else "_" for ch in filename)
@@ -44,7 +50,6 @@ def _attachment_disposition(filename: str) -> str:
     if fallback != filename:
         value += f"; filename*=UTF-8''{quote(filename, safe='')}"
     return value
-
 
 
 def _make_s3_client(
@@ -140,7 +145,10 @@ class S3BlobStore(BlobStore):
         validate_header_value("content_type", content_type)
         if content_length is not None and content_length < 0:
             raise ValueError("content_length must be >= 0")
-        params: dict[str, object] = {"Bucket": self._bucket, "Key": key}
+        # Create-only: a signed header, so S3 answers 412 PreconditionFailed to a PUT of a key
+        # that exists (S3 conditional writes; MinIO and moto honour it too), and a client that
+        # leaves the header out breaks the signature (403).
+        params: dict[str, object] = {"Bucket": self._bucket, "Key": key, "IfNoneMatch": "*"}
         headers: dict[str, str] = {}
         if content_type:
             params["ContentType"] = content_type
@@ -155,6 +163,7 @@ class S3BlobStore(BlobStore):
             url = self._client.generate_presigned_url(
                 "put_object", Params=params, ExpiresIn=expires_in
             )
+        headers.update(CREATE_ONLY_HEADERS)
         return PresignedRequest(method="PUT", url=url, headers=headers, expires_at=expires_at)
 
     def presign_get(self, key: str, *, expires_in: int, filename: str | None = None) -> str:
@@ -226,14 +235,21 @@ class S3BlobStore(BlobStore):
             self._client.delete_object(Bucket=self._bucket, Key=key)
 
     def delete_many(self, keys: Iterable[str]) -> None:
-        batch: list[str] = []
+        batches: list[list[str]] = [[]]
         for key in keys:
-            batch.append(validate_key(key))
-            if len(batch) == S3_BATCH_LIMIT:
+            if len(batches[-1]) == S3_BATCH_LIMIT:
+                batches.append([])
+            batches[-1].append(validate_key(key))
+        batches = [batch for batch in batches if batch]
+        if len(batches) <= 1:
+            for batch in batches:
                 self._delete_batch(batch)
-                batch = []
-        if batch:
-            self._delete_batch(batch)
+            return
+        # Several DeleteObjects calls at once (the client is thread-safe): the retention
+        # sweep's throughput is this call's (docs/operations.md).
+        with ThreadPoolExecutor(max_workers=min(DELETE_THREADS, len(batches))) as pool:
+            for future in [pool.submit(self._delete_batch, batch) for batch in batches]:
+                future.result()
 
     def _delete_batch(self, keys: list[str]) -> None:
         with self._store_errors(f"DeleteObjects ({len(keys)} keys)"):
@@ -299,5 +315,3 @@ class S3BlobStore(BlobStore):
             log.warning("blob store not ready: S3 bucket %s: %s", self._bucket, exc)
             return False
         return True
-
-

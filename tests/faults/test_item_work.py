@@ -97,3 +97,46 @@ def test_a_bomb_past_the_pre_check_fails_its_item_and_the_worker_goes_on(
         assert "needs more than 512 MB" in items[first]["error"]["message"]
     finally:
         ctx.close()
+
+
+def test_an_input_swapped_after_its_first_read_fails_the_item(ctx: TaskContext) -> None:
+    """The sha256 is recorded when the worker first reads the upload (even if that item then
+    fails); a later read of other bytes fails with "the input changed after upload"."""
+    import hashlib
+
+    from sqlalchemy import select
+
+    from service.models import File
+
+    customer_id, key = new_customer_key(ctx, "swapper")
+    tenant = Tenant(
+        create_app(ctx.settings, context=ctx, dispatcher=ctx.dispatcher).test_client(),
+        customer_id,
+        key,
+    )
+    original = b"%PDF-1.7\nnot really a document\n%%EOF\n"
+    file_id = tenant.upload(original)
+
+    def run() -> dict[str, Any]:
+        batch = tenant.submit([file_id]).get_json()
+        ctx.dispatcher.admit(customer_id)
+        process_item(ctx, batch["items"][0]["id"])
+        body: dict[str, Any] = tenant.get(f"/v1/batches/{batch['id']}").get_json()
+        return body["items"][0]
+
+    first = run()
+    assert first["status"] == "failed"  # not a PDF pdfium can open
+    assert first["error"]["message"] != "the input changed after upload"
+    with ctx.session_factory() as session:
+        recorded = session.scalar(select(File.sha256).where(File.id == file_id))
+    assert recorded == hashlib.sha256(original).hexdigest()
+
+    # A store that ignored the create-only condition (or a bucket written out of band).
+    assert ctx.blob_store is not None
+    ctx.blob_store.put(f"{customer_id}/inputs/{file_id}", corpus_bytes("digital-crazyones-1p.pdf"))
+    second = run()
+    assert second["status"] == "failed"
+    assert (second["error"]["code"], second["error"]["message"]) == (
+        "extraction_failed",
+        "the input changed after upload",
+    )

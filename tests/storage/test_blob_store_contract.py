@@ -43,7 +43,7 @@ def test_presigned_upload_then_head_get_presigned_get_list_delete(backend: Backe
     )
 
     assert request.method == "PUT"
-    assert request.headers == {"Content-Type": "application/pdf"}
+    assert request.headers == {"Content-Type": "application/pdf", "If-None-Match": "*"}
     assert request.expires_at.tzinfo is not None
     # Never later than the store's own expiry, and not much earlier either.
     assert before + timedelta(seconds=898) <= request.expires_at <= before + timedelta(seconds=900)
@@ -123,14 +123,41 @@ def test_upload_with_another_content_type_than_signed_is_refused(backend: Backen
 def test_url_signed_without_length_or_type_accepts_any(backend: Backend) -> None:
     key = backend.key("inputs/file_unconstrained")
     request = backend.store.presign_put(key, content_length=None, content_type=None, expires_in=600)
-    assert request.headers == {}
+    assert request.headers == {"If-None-Match": "*"}
 
     response = backend.http.put(
-        request.url, content=b"any bytes", headers={"Content-Type": "text/plain"}
+        request.url, content=b"any bytes", headers={**request.headers, "Content-Type": "text/plain"}
     )
 
     assert response.status_code == 200, response.text
     assert backend.store.get(key) == b"any bytes"
+
+
+def test_uploads_are_create_only_a_replayed_url_changes_nothing(backend: Backend) -> None:
+    """A presigned upload URL replayed after the file was processed must not swap the input
+    behind its recorded sha256: 412 on both stores, the first bytes stay."""
+    key = backend.key("inputs/file_create_only")
+    request = backend.store.presign_put(
+        key, content_length=len(PDF_BYTES), content_type=None, expires_in=600
+    )
+    first = backend.http.put(request.url, content=PDF_BYTES, headers=request.headers)
+    assert first.status_code == 200, first.text
+
+    swapped = bytes(reversed(PDF_BYTES))  # the same length: the signature still fits
+    replay = backend.http.put(request.url, content=swapped, headers=request.headers)
+    assert replay.status_code == 412, replay.text
+    if backend.name == "local":
+        assert replay.json()["error"] == "blob_exists"
+    # A fresh URL for the same key is refused too.
+    again = backend.store.presign_put(
+        key, content_length=len(swapped), content_type=None, expires_in=600
+    )
+    assert backend.http.put(again.url, content=swapped, headers=again.headers).status_code == 412
+    # Leaving the condition out does not help: on S3 it is a signed header (403), the local
+    # store refuses any second PUT (412).
+    bare = backend.http.put(request.url, content=swapped)
+    assert bare.status_code in (403, 412), bare.text
+    assert backend.store.get(key) == PDF_BYTES
 
 
 def test_expired_upload_and_download_urls_are_refused(backend: Backend) -> None:

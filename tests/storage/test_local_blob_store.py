@@ -13,6 +13,7 @@ import pytest
 
 from service.settings import load_settings
 from service.storage import (
+    BlobExistsError,
     BlobLengthMismatchError,
     BlobNotFoundError,
     LocalBlobStore,
@@ -288,39 +289,49 @@ def _start_partial_upload(url: str, total: int, sent: bytes) -> socket.socket:
     return connection
 
 
-@pytest.mark.parametrize("had_previous_version", [False, True])
-def test_half_written_upload_is_never_visible(local: Backend, had_previous_version: bool) -> None:
+def test_half_written_upload_is_never_visible(local: Backend) -> None:
+    # (Uploads are create-only: a key holding a previous version refuses the PUT outright,
+    # see test_an_upload_that_loses_the_race_stores_nothing.)
     store = _store(local)
     key = local.key("inputs/file_partial")
     directory = store.root / local.prefix / "inputs"
-    if had_previous_version:
-        store.put(key, b"previous")
     body = os.urandom(200_000)
     request = store.presign_put(key, content_length=len(body), content_type=None, expires_in=60)
 
     connection = _start_partial_upload(request.url, len(body), body[:80_000])
     try:
         assert wait_for(lambda: _temp_files(directory)), "the server never started writing"
-        if had_previous_version:
-            info = store.head(key)
-            assert info is not None and info.size == len(b"previous")
-            assert store.get(key) == b"previous"
-            assert [b.size for b in store.list_prefix(local.prefix)] == [len(b"previous")]
-            assert local.http.get(store.presign_get(key, expires_in=60)).content == b"previous"
-        else:
-            assert store.head(key) is None
-            with pytest.raises(BlobNotFoundError):
-                store.get(key)
-            assert list(store.list_prefix(local.prefix)) == []
-            assert local.http.get(store.presign_get(key, expires_in=60)).status_code == 404
+        assert store.head(key) is None
+        with pytest.raises(BlobNotFoundError):
+            store.get(key)
+        assert list(store.list_prefix(local.prefix)) == []
+        assert local.http.get(store.presign_get(key, expires_in=60)).status_code == 404
     finally:
         connection.close()  # the client hangs up mid-body
 
     assert wait_for(lambda: not _temp_files(directory)), "the partial upload was left behind"
-    if had_previous_version:
-        assert store.get(key) == b"previous"
-    else:
-        assert store.head(key) is None
+    assert store.head(key) is None
+
+
+def test_an_upload_that_loses_the_race_stores_nothing(local: Backend) -> None:
+    """Two uploads of one key at once: the one published first stays, the other is refused
+    when it tries to publish (link, not rename), and leaves no temp file."""
+    store = _store(local)
+    key = local.key("inputs/file_race")
+
+    class WinnerArrivesMidBody(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            chunk = super().read(size)
+            if chunk and store.head(key) is None:
+                store.put(key, b"the winner")  # the other upload finishes first
+            return chunk
+
+    with pytest.raises(BlobExistsError):
+        store.receive_upload(key, WinnerArrivesMidBody(b"the loser"), expected_length=9)
+    assert store.get(key) == b"the winner"
+    assert _temp_files(store.root / local.prefix / "inputs") == []
+    with pytest.raises(BlobExistsError):  # and once there, refused before reading the body
+        store.receive_upload(key, io.BytesIO(b"late"), expected_length=None)
 
 
 def test_temp_files_are_not_blobs(local: Backend) -> None:
@@ -370,10 +381,9 @@ def test_receive_upload_stops_one_byte_past_the_signed_length(local: Backend) ->
     assert _temp_files(store.root / local.prefix) == []
 
 
-def test_failed_write_leaves_the_previous_blob_and_no_temp_file(local: Backend) -> None:
+def test_failed_write_stores_nothing_and_leaves_no_temp_file(local: Backend) -> None:
     store = _store(local)
     key = local.key("inputs/file_fail")
-    store.put(key, b"previous")
 
     class _BrokenStream(io.RawIOBase):
         def read(self, size: int = -1) -> bytes:
@@ -382,7 +392,7 @@ def test_failed_write_leaves_the_previous_blob_and_no_temp_file(local: Backend) 
     with pytest.raises(UploadInterruptedError, match="connection reset"):
         store.receive_upload(key, _BrokenStream(), expected_length=None)  # type: ignore[arg-type]
 
-    assert store.get(key) == b"previous"
+    assert store.head(key) is None
     assert _temp_files(store.root / local.prefix / "inputs") == []
 
 
@@ -426,3 +436,45 @@ def test_make_blob_store_builds_the_configured_backend(tmp_path: Path) -> None:
     assert isinstance(s3, S3BlobStore)
     assert s3.bucket == "pagelane-inputs"
     assert s3.presign_get("a", expires_in=5).startswith("http://127.0.0.1:9/pagelane-inputs/a?")
+
+
+def test_access_log_lines_do_not_print_the_signature_of_signed_urls() -> None:
+    """Whoever reads the API's access log must not be able to replay a signed URL."""
+    import datetime as dt
+    import logging
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from service.logs import GunicornLogger
+
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    logger = GunicornLogger(cfg)
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger.access_log.addHandler(Collect())
+    sig = "9f" * 32
+    query = f"method=PUT&expires=1700000000&len=12&sig={sig}"
+    environ = {
+        "REQUEST_METHOD": "PUT",
+        "RAW_URI": f"/blobs/cus_1/inputs/file_1?{query}",
+        "PATH_INFO": "/blobs/cus_1/inputs/file_1",
+        "QUERY_STRING": query,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_REFERER": f"http://127.0.0.1:8080/blobs/cus_1/inputs/file_1?{query}",
+    }
+    response = SimpleNamespace(status="200 OK", headers=[], sent=0)
+    request = SimpleNamespace(headers=[])
+    logger.access(response, request, environ, dt.timedelta(milliseconds=3))
+
+    assert lines, "no access line"
+    assert sig not in "".join(lines)
+    assert "/blobs/cus_1/inputs/file_1?method=PUT" in lines[0] and "sig=REDACTED" in lines[0]
+    atoms = logger.atoms(response, request, environ, dt.timedelta(milliseconds=3))
+    assert not [name for name, value in atoms.items() if isinstance(value, str) and sig in value]

@@ -23,7 +23,12 @@ def test_presigned_put_signs_length_and_type_so_s3_enforces_them(s3_store: S3Blo
     query = dict(parse_qsl(urlsplit(request.url).query))
     assert query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
     assert query["X-Amz-Expires"] == "60"
-    assert query["X-Amz-SignedHeaders"].split(";") == ["content-length", "content-type", "host"]
+    assert query["X-Amz-SignedHeaders"].split(";") == [
+        "content-length",
+        "content-type",
+        "host",
+        "if-none-match",  # create-only: the client cannot drop the condition
+    ]
     # Path-style addressing: the bucket is in the path, so any endpoint host works.
     assert urlsplit(request.url).path == f"/{s3_store.bucket}/cus_1/inputs/file_1"
     # No SDK checksum parameters: S3-compatible stores that do not know them reject the PUT.
@@ -35,7 +40,7 @@ def test_presigned_put_without_constraints_signs_only_the_host(s3_store: S3BlobS
         "cus_1/inputs/file_2", content_length=None, content_type=None, expires_in=60
     )
     query = dict(parse_qsl(urlsplit(request.url).query))
-    assert query["X-Amz-SignedHeaders"] == "host"
+    assert query["X-Amz-SignedHeaders"] == "host;if-none-match"
 
 
 def test_ensure_ready_creates_a_missing_bucket_outside_us_east_1(moto_server: MotoServer) -> None:
