@@ -98,8 +98,8 @@ from typing import Any
 
 from ocr import errors as engine_errors
 from ocr.config import EngineConfig
-from ocr.pipeline import Probe
 from ocr.errors import ExtractionError, ExtractionTimeoutError, ResourceLimitError
+from ocr.pipeline import Probe
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class Sandbox:
         :class:`SandboxCrashError`. Whatever ``on_page`` raises propagates unchanged (the child
         is killed first)."""
         config = config or EngineConfig()
-        job = {
+        job: dict[str, Any] = {
             "op": "extract",
             "path": os.fspath(path),
             "options": dict(options) if options is not None else None,
