@@ -111,8 +111,8 @@ def truncate_all(database_url: str) -> None:
         if engine.dialect.name == "postgresql":
             connection.execute(
                 text(
-                    "TRUNCATE billing_entries, idempotency_keys, items, batches, files, api_keys, "
-                    "customers"
+                    "TRUNCATE billing_entries, idempotency_keys, slices, items, batches, files, "
+                    "api_keys, customers"
                 )
             )
     engine.dispose()
