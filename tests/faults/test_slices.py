@@ -9,6 +9,10 @@ with publishing captured, so every step is deterministic; the slow ones run real
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +31,7 @@ from tasks.slices import page_ranges, process_slice
 from tests.api.conftest import Tenant
 from tests.conftest import build_context, new_customer_key
 from tests.fixtures.hostile.make_hostile import scan_pdf, text_pdf
+from tests.support.live import Stack
 from tests.support.stack import wait_for
 
 
@@ -278,3 +283,102 @@ def test_cancel_during_a_sliced_item_lets_it_finish(ctx: TaskContext) -> None:
     assert body["status"] == "completed"
     assert body["counts"]["succeeded"] == 1 and body["counts"]["cancelled"] == 1
     assert billing(ctx, tenant.customer_id)[0] == {item_id: 12}
+
+
+# --- real workers -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stack_settings(pg_s3_settings: Settings, flush_redis: None) -> Settings:
+    """tests.support.live's shape (short leases) with slices of 4 pages."""
+    return load_settings(
+        **{
+            **pg_s3_settings.model_dump(),
+            "lease_seconds": 6,
+            "redispatch_after_seconds": 8,
+            "ocr_retry_backoff_seconds": 0.5,
+            "task_time_limit_seconds": 120,
+            "visibility_timeout_seconds": 600,
+            "slice_pages": 4,
+        }
+    )
+
+
+def running_now(stack: Stack, customer_id: str) -> int:
+    """Work running for the customer right now: slices, and items that are not coordinators
+    (a coordinator has no expiring lease and holds no slot)."""
+    with stack.ctx.session_factory() as session:
+        items = session.scalar(
+            select(func.count()).where(
+                Item.customer_id == customer_id,
+                Item.status == ItemStatus.RUNNING,
+                Item.lease_expires_at.is_not(None),
+            )
+        )
+        slices = session.scalar(
+            select(func.count()).where(
+                Slice.customer_id == customer_id, Slice.status == SliceStatus.RUNNING
+            )
+        )
+    return int(items or 0) + int(slices or 0)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_costs_only_its_slice(stack: Stack, report: Callable[..., None]) -> None:
+    """Two one-process workers share a 16-page scan (4 slices) and a few one-page items under
+    a cap of 2; one worker is killed -9 mid-slice. Only that slice is redone; the item is
+    assembled, billed once; running work never exceeds the cap."""
+    doomed = stack.worker(concurrency=1)
+    stack.worker(concurrency=1)
+    stack.beat()
+    tenant = stack.tenant("killed", quota=10_000, concurrency=2)
+    scan = scanned_pdf(16)
+    others = [text_pdf(1, lines_per_page=3) + f"% {n}\n".encode() for n in range(3)]
+    batch = tenant.submit(stack.upload_many(tenant, [scan, *others])).get_json()
+    item_id = batch["items"][0]["id"]
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, running_now(stack, tenant.customer_id))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+
+        def slice_midway() -> list[Slice]:
+            running = [s for s in slices_of(stack.ctx, item_id) if s.status == SliceStatus.RUNNING]
+            return running if any(s.pages_done >= 1 for s in running) else []
+
+        wait_for(slice_midway, 120, 0.1, "a slice to be under way")
+        before = {s.id: s.pages_done for s in slices_of(stack.ctx, item_id)}
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.process.wait(timeout=10)
+        stack.wait_terminal(tenant, batch["id"], timeout=240)
+    finally:
+        stop.set()
+        sampler.join()
+    item = item_row(stack.ctx, item_id)
+    assert item.status == ItemStatus.SUCCEEDED and item.page_count == 16
+    slices = slices_of(stack.ctx, item_id)
+    redone = [s for s in slices if s.attempts > 1]
+    assert len(redone) <= 1, [(s.index, s.attempts) for s in slices]
+    # Pages redone: at least what the lost slice had reported, at most the whole slice.
+    pages_redone = sum(before[s.id] for s in redone)
+    slice_pages_redone = sum(s.last_page - s.first_page + 1 for s in redone)
+    assert pages_redone <= slice_pages_redone <= stack.settings.slice_pages
+    rows, used, reserved = billing(stack.ctx, tenant.customer_id)
+    assert rows[item_id] == 16 and used == sum(rows.values()) == 16 + 3 and reserved == 0
+    assert peak <= 2, peak
+    report(
+        slices=len(slices),
+        redone_slices=len(redone),
+        pages_redone_reported=pages_redone,
+        pages_redone_at_most=slice_pages_redone,
+        billed=rows[item_id],
+        peak_running=peak,
+        cap=2,
+    )
