@@ -30,7 +30,7 @@ from service.models import BillingEntry, Item, Slice
 from service.settings import Settings, load_settings
 from tests.fixtures.hostile.make_hostile import scan_pdf, text_pdf
 from tests.support.live import Stack
-from tests.support.stack import Proc, start_worker, wait_for
+from tests.support.stack import start_worker, wait_for
 
 # Only Redis db 12 on this shared machine.
 bench_stack_module.REDIS_URL = "redis://127.0.0.1:6379/12"
