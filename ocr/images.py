@@ -91,9 +91,12 @@ def _check_pixels(im: Image.Image, config: EngineConfig) -> None:
         )
 
 
-def iter_frames(im: Image.Image, n_frames: int, config: EngineConfig) -> Iterator[Frame]:
-    """Decode frames one at a time (a 1,000-frame TIFF never sits in memory whole)."""
-    for index in range(n_frames):
+def iter_frames(
+    im: Image.Image, n_frames: int, config: EngineConfig, *, start: int = 0
+) -> Iterator[Frame]:
+    """Decode frames one at a time (a 1,000-frame TIFF never sits in memory whole), from
+    frame ``start`` (a page slice; the frames before it are not decoded)."""
+    for index in range(start, n_frames):
         try:
             if index:
                 im.seek(index)

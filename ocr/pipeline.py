@@ -74,6 +74,7 @@ def extract(
     config: EngineConfig | None = None,
     on_page: OnPage | None = None,
     file_id: str | None = None,
+    pages: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Extract text, tables and images: returns SPEC's Extract result as a JSON-ready dict.
 
@@ -83,9 +84,15 @@ def extract(
     unchanged (that is how a worker aborts a cancelled item). Every other failure is an
     :class:`~ocr.errors.ExtractionError` carrying its public code; ``filename`` is advisory and
     only echoed back.
+
+    ``pages=(first, last)`` (1-based, inclusive, clipped to the document) extracts only that
+    range, as a page slice does: chunks keep their document page numbers, ``page_count`` and
+    ``on_page`` count the range's pages, and ``page_range`` says which they were.
     """
     config = config or EngineConfig()
     opts = normalize_options(options)
+    if pages is not None and not (1 <= pages[0] <= pages[1]):
+        raise ValueError(f"pages must be (first, last) with 1 <= first <= last, not {pages}")
     sniffed = _check_input(data, config)
     data = bytes(data)  # pdfium and hashlib want bytes, not bytearray/memoryview
     needs_ocr_languages = opts["extract_text"] and opts["ocr"] != "never"
@@ -97,7 +104,7 @@ def extract(
         # page that needs OCR fails with ocr_provider_error instead of every document failing
         if installed:
             opts["languages"] = validate_languages(opts["languages"], available=installed)
-    run = _Run(config, opts)
+    run = _Run(config, opts, pages)
     try:
         if sniffed.kind == "pdf":
             page_count, chunks = run.pdf(data, on_page)
@@ -118,7 +125,7 @@ def extract(
         page_count=page_count,
         chunks=chunks,
         warnings=run.warnings,
-    )
+    ) | ({"page_range": [pages[0], pages[0] + page_count - 1]} if pages is not None else {})
 
 
 def _check_input(data: bytes, config: EngineConfig) -> Sniffed:
@@ -155,8 +162,11 @@ def make_provider(config: EngineConfig) -> OCRProvider:
 class _Run:
     """State of one extraction: budgets, warnings, the lazily created OCR provider."""
 
-    def __init__(self, config: EngineConfig, options: dict[str, Any]) -> None:
+    def __init__(
+        self, config: EngineConfig, options: dict[str, Any], pages: tuple[int, int] | None = None
+    ) -> None:
         self.config = config
+        self.pages = pages
         self.options = options
         self.warnings = Warnings()
         self.provider: OCRProvider | None = None
@@ -174,6 +184,12 @@ class _Run:
 
     def remaining_s(self) -> float:
         return self._deadline - time.monotonic()
+
+    def page_range(self, count: int) -> range:
+        """The 0-based indexes to extract: every page, or the slice's range clipped to count."""
+        if self.pages is None:
+            return range(count)
+        return range(min(self.pages[0], count + 1) - 1, min(self.pages[1], count))
 
     def check_time(self) -> None:
         if self.remaining_s() <= 0:
@@ -203,7 +219,8 @@ class _Run:
         try:
             with pdf_input.PDFIUM_LOCK:
                 count = len(doc)
-            for index in range(count):
+            indexes = self.page_range(count)
+            for done, index in enumerate(indexes, 1):
                 self.check_time()
                 page_chunks: list[dict[str, Any]] = self._guarded(
                     functools.partial(pdf_input.process_page, doc, index, job), ()
@@ -211,12 +228,13 @@ class _Run:
                 chunks.extend(page_chunks)
                 self.check_time()
                 if on_page is not None:
-                    on_page(index + 1, count)  # outside any error mapping: its errors propagate
+                    # outside any error mapping: its errors propagate
+                    on_page(done, len(indexes))
         finally:
             self.ocr_pages = state.ocr_pages_without_provider_text
             with pdf_input.PDFIUM_LOCK:
                 doc.close()
-        return count, chunks
+        return len(indexes), chunks
 
     # -- images --------------------------------------------------------------------------------
 
@@ -225,8 +243,9 @@ class _Run:
         chunks: list[dict[str, Any]] = []
         run_ocr = self.options["extract_text"] and self.options["ocr"] != "never"
         try:
-            frames = image_input.iter_frames(im, count, self.config)
-            for index in range(count):
+            indexes = self.page_range(count)
+            frames = image_input.iter_frames(im, count, self.config, start=indexes.start)
+            for done, index in enumerate(indexes, 1):
                 self.check_time()
                 page_no = index + 1
                 frame = self._guarded(lambda: next(frames), image_input.PIL_DECODE_ERRORS)
@@ -240,10 +259,10 @@ class _Run:
                     frame.image.close()
                 self.check_time()
                 if on_page is not None:
-                    on_page(page_no, count)
+                    on_page(done, len(indexes))
         finally:
             im.close()
-        return count, chunks
+        return len(indexes), chunks
 
     def _ocr_frame(self, frame: image_input.Frame, page_no: int) -> list[dict[str, Any]]:
         if frame.downscaled:

@@ -197,20 +197,24 @@ class Sandbox:
         config: EngineConfig | None = None,
         on_page: OnPage | None = None,
         timeout_s: float | None = None,
+        pages: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        """:func:`ocr.extract` of the file at ``path``, in a child. Same result, same errors,
+        """:func:`ocr.extract` of the file at ``path`` (only ``pages``, a page slice, if given),
+        in a child. Same result, same errors,
         plus: over the memory budget -> ResourceLimitError ("needs more than N MB"), over the
         wall clock -> ExtractionTimeoutError, a child failure no document explains ->
         :class:`SandboxCrashError`. Whatever ``on_page`` raises propagates unchanged (the child
         is killed first)."""
         config = config or EngineConfig()
-        job = {
+        job: dict[str, Any] = {
             "op": "extract",
             "path": os.fspath(path),
             "options": dict(options) if options is not None else None,
             "filename": filename,
             "file_id": file_id,
         }
+        if pages is not None:
+            job["pages"] = [int(pages[0]), int(pages[1])]
         reply = self._run(job, config, on_page, timeout_s)
         result: dict[str, Any] = reply["result"]
         return result
@@ -892,6 +896,7 @@ def _child_job(
         file_id=job.get("file_id"),
         config=config,
         on_page=on_page,
+        pages=tuple(job["pages"]) if job.get("pages") else None,
     )
     return result
 

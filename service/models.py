@@ -202,6 +202,55 @@ class Item(Base):
     )
 
 
+class SliceStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Slice(Base):
+    """A page range of a long document's item, extracted as its own task (tasks/slices.py).
+
+    Admitted, leased and retried like an item under the same customer cap (its id holds a
+    semaphore slot); not visible through the API, except as the item's ``pages_done``.
+    """
+
+    __tablename__ = "slices"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"))
+    # Denormalised from the item: admission counts and orders slices per customer.
+    batch_id: Mapped[str] = mapped_column(String(40))
+    customer_id: Mapped[str] = mapped_column(String(40))
+    index: Mapped[int] = mapped_column(Integer)
+    first_page: Mapped[int] = mapped_column(Integer)
+    last_page: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    admitted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(40))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    ocr_failures: Mapped[int] = mapped_column(Integer, default=0)
+    pages_done: Mapped[int] = mapped_column(Integer, default=0)
+    result_key: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (
+        UniqueConstraint("item_id", "index"),
+        Index("ix_slices_customer_status", "customer_id", "status", "batch_id", "item_id"),
+        # Admission's in-flight count, like ix_items_in_flight.
+        Index(
+            "ix_slices_in_flight",
+            "customer_id",
+            postgresql_where=text("admitted_at IS NOT NULL"),
+            sqlite_where=text("admitted_at IS NOT NULL"),
+        ),
+        Index("ix_slices_status_lease", "status", "lease_expires_at"),
+    )
+
+
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
 

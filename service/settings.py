@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         ge=256,
         description="Memory one extraction may use (its capped child process; OCR included).",
     )
+    slice_pages: int = Field(
+        32,
+        ge=0,
+        description=(
+            "A document with more pages is extracted in page slices of this many pages, each"
+            " its own task under the customer's cap; 0 = never slice."
+        ),
+    )
     ocr_provider: Literal["tesseract", "http", "null"] = Field(
         "tesseract", description="OCR engine."
     )

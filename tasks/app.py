@@ -13,6 +13,7 @@ from celery import Celery
 from service.settings import Settings
 
 PROCESS_ITEM = "pagelane.process_item"
+PROCESS_SLICE = "pagelane.process_slice"
 QUEUE_ITEMS = "items"
 QUEUE_SWEEPS = "sweeps"
 # batch control: quotes have a queue of their own, so they never delay extraction

@@ -20,11 +20,12 @@ from celery import Celery
 from sqlalchemy import DateTime, Integer, Update, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import slices
 from service.clock import utcnow
 from service.db import transaction
-from service.models import Customer, Item, ItemStatus
+from service.models import Customer, Item, ItemStatus, Slice, SliceStatus
 from service.settings import Settings
-from tasks.app import PROCESS_ITEM, QUEUE_ITEMS
+from tasks.app import PROCESS_ITEM, PROCESS_SLICE, QUEUE_ITEMS
 from tasks.semaphore import CustomerSemaphore
 
 log = logging.getLogger("pagelane.dispatch")
@@ -78,12 +79,18 @@ class Dispatcher:
         alone would admit a second cap's worth. Admission is not a visible state change (the
         item stays `pending`), so it takes no batch lock or change number.
         """
-        rows = (
-            session.connection()
-            .execute(_MARK_OLDEST, {"p_customer_id": customer_id, "p_cap": cap, "p_now": utcnow()})
-            .all()
-        )
-        return [row.id for row in sorted(rows, key=lambda row: (row.batch_id, row.position))]
+        params = {"p_customer_id": customer_id, "p_cap": cap, "p_now": utcnow()}
+        connection = session.connection()
+        # Slices: page ranges of documents already started, each counted and admitted like
+        # an item (service/slices.py); they take the free slots first.
+        sliced = connection.execute(slices.MARK_OLDEST_SLICES, params).all()
+        marked = [
+            row.id for row in sorted(sliced, key=lambda r: (r.batch_id, r.item_id, r.slice_index))
+        ]
+        rows = connection.execute(_MARK_OLDEST, params).all()
+        return marked + [
+            row.id for row in sorted(rows, key=lambda row: (row.batch_id, row.position))
+        ]
 
     def publish_admitted(
         self, customer_id: str, marked: list[str], *, cap: int, releasing: Sequence[str] = ()
@@ -122,6 +129,17 @@ class Dispatcher:
                     .distinct()
                 )
             )
+            # Slices waiting for a slot (a transient retry whose wait is over, a lost slot).
+            customers += [
+                customer_id
+                for customer_id in session.scalars(
+                    select(Slice.customer_id)
+                    .where(slices.ELIGIBLE_SLICE)
+                    .distinct()
+                    .params(p_now=now)
+                )
+                if customer_id not in customers
+            ]
         return sum(self.admit(customer_id) for customer_id in customers)
 
     def prune_holders(self, customer_id: str) -> int:
@@ -141,6 +159,9 @@ class Dispatcher:
                     )
                 )
             )
+            live.update(
+                session.scalars(select(Slice.id).where(Slice.id.in_(holders), slices.LIVE_SLICE))
+            )
         stale = [h for h in holders if h not in live]
         self.semaphore.release(customer_id, stale)
         return len(stale)
@@ -154,6 +175,14 @@ class Dispatcher:
                 .values(admitted_at=None)
                 .execution_options(synchronize_session=False)
             )
+            slice_ids = [i for i in item_ids if slices.is_slice_id(i)]
+            if slice_ids:
+                session.execute(
+                    update(Slice)
+                    .where(Slice.id.in_(slice_ids), Slice.status == SliceStatus.PENDING)
+                    .values(admitted_at=None)
+                    .execution_options(synchronize_session=False)
+                )
 
 
 def make_state_redis(settings: Settings) -> redis.Redis:
@@ -174,7 +203,9 @@ def make_dispatcher(
     """The dispatcher of the API and of every worker process: items are published to Celery."""
 
     def publish(item_id: str) -> None:
-        celery.send_task(PROCESS_ITEM, args=[item_id], queue=QUEUE_ITEMS)
+        # A slice's holder id names its task (service/slices.py); same queue as items.
+        task = PROCESS_SLICE if slices.is_slice_id(item_id) else PROCESS_ITEM
+        celery.send_task(task, args=[item_id], queue=QUEUE_ITEMS)
 
     return Dispatcher(
         session_factory=session_factory,
@@ -194,11 +225,14 @@ def _mark_oldest_statement() -> Update:
             Item.admitted_at.is_not(None),
             or_(Item.status == ItemStatus.PENDING, Item.status == ItemStatus.RUNNING),
         )
+        # Slices hold slots too: the cap counts slices and unsliced items together.
+        .add_columns((func.count() + slices.slices_in_flight()).label("n_total"))
         .cte("in_flight")
     )
     cap = bindparam("p_cap", type_=Integer())
     # Never a negative LIMIT: SQLite reads one as "no limit".
-    free = select(case((in_flight.c.n < cap, cap - in_flight.c.n), else_=0)).scalar_subquery()
+    n = in_flight.c.n_total
+    free = select(case((n < cap, cap - n), else_=0)).scalar_subquery()
     oldest = (
         select(Item.id)
         .where(

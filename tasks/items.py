@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, bindparam, func, select, update
+from sqlalchemy import Row, bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
 
 import ocr
@@ -34,8 +34,9 @@ from service.billing import release_pages, reserve_pages, settle_pages
 from service.clock import utcnow
 from service.db import transaction
 from service.extraction import ocr_config
-from service.models import Batch, Customer, File, Item, ItemStatus
+from service.models import Batch, Customer, File, Item, ItemStatus, Slice
 from service.storage import BlobNotFoundError, BlobTooLargeError, result_key
+from tasks import slices
 from tasks.context import TaskContext
 from tasks.lease import LeaseLostError, fenced
 
@@ -57,6 +58,9 @@ class Outcome(StrEnum):
     RETRYING = "retrying"
     #: the item was taken back while we worked (cancelled, or our lease ran out)
     LEASE_LOST = "lease_lost"
+    #: a long document: its page slices were created and are admitted like items
+    #: (tasks/slices.py); the item is finished by the last of them
+    SLICED = "sliced"
 
 
 class Reservation(StrEnum):
@@ -96,6 +100,8 @@ class Claim:
     # Only this worker changes it while it holds the lease.
     ocr_failures: int
     handoff: Handoff = field(default_factory=Handoff)
+    # The item already has page slices (claimed again after its assembler was lost).
+    sliced: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ def claim_item(ctx: TaskContext, item_id: str) -> Claim | None:
         sha256_declared=row.sha256_declared,
         sha256_recorded=row.sha256,
         ocr_failures=row.ocr_failures,
+        sliced=bool(row.sliced),
     )
 
 
@@ -234,6 +241,8 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
     settings = ctx.settings
     store = ctx.blob_store
     assert store is not None
+    if claim.sliced:  # slices: see tasks/slices.py
+        return Outcome(slices.resume_sliced(ctx, claim))
     # One GET that refuses an oversized object from its length before reading the body: the
     # HEAD-then-GET of the design, in one round trip.
     try:
@@ -266,19 +275,26 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
 
     config = ocr_config(settings)
     reserved = 0
-    # Only a quota needs the page count before extraction. The probe opens the document a
-    # second time (0.4 ms of a one-page item's 4 ms), and extraction raises the same errors.
-    if claim.metered:
+    pages: int | None = None
+    # Only a quota, or a document large enough to be sliced, needs the page count before
+    # extraction. The probe opens the document a second time (0.4 ms of a one-page item's
+    # 4 ms), and extraction raises the same errors.
+    if claim.metered or slices.worth_probing(settings, len(data)):
         try:
             pages = ctx.sandbox.probe_bytes(data, config=config).page_count
         except ocr.errors.ExtractionError as exc:
             return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient))
+    if claim.metered:
+        assert pages is not None
         held = _reserve(ctx, claim, pages)
         if held == Reservation.OVER_QUOTA:
             return _fail_for_quota(ctx, claim)
         if held == Reservation.LEASE_LOST:
             return Outcome.LEASE_LOST
         reserved = pages
+    if slices.should_slice(settings, pages):
+        assert pages is not None
+        return Outcome(slices.start_slicing(ctx, claim, pages, reserved))
 
     started = time.perf_counter()
     try:
@@ -333,6 +349,7 @@ _CLAIM_READ = (
         File.filename,
         File.sha256_declared,
         File.sha256,
+        exists().where(Slice.item_id == Item.id).label("sliced"),
     )
     .join(Customer, Customer.id == Item.customer_id)
     .join(File, File.id == Item.file_id)

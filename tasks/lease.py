@@ -84,9 +84,13 @@ class LeaseKeeper:
         self._closed = False
 
     @contextlib.contextmanager
-    def keeping(self, holder: LeaseHolder) -> Iterator[Heartbeat]:
-        """Renew ``holder``'s lease until the block ends; no renewal runs after it has ended."""
-        heartbeat = Heartbeat(
+    def keeping(
+        self, holder: LeaseHolder, *, kind: type[Heartbeat] | None = None
+    ) -> Iterator[Heartbeat]:
+        """Renew ``holder``'s lease until the block ends; no renewal runs after it has ended.
+
+        ``kind``: a :class:`Heartbeat` subclass renewing another row (a page slice's)."""
+        heartbeat = (kind or Heartbeat)(
             holder, self._session_factory, self._semaphore, lease_seconds=self._lease_seconds
         )
         with self._changed:

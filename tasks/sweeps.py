@@ -20,6 +20,7 @@ from service.billing import release_pages
 from service.db import transaction
 from service.models import File, FileStatus, IdempotencyKey, Item, ItemStatus
 from service.storage import BlobStore
+from tasks import slices
 from tasks.context import TaskContext
 from tasks.dispatch import customer_cap
 
@@ -92,6 +93,8 @@ def requeue_stale_items(ctx: TaskContext, now: datetime) -> dict[str, int]:
         ctx.dispatcher.prune_holders(customer_id)
         ctx.dispatcher.admit(customer_id)
     metrics.item_finished("failed", "internal_error", counts["failed"])
+    # Page slices of long documents: only the slice whose worker died (tasks/slices.py).
+    counts.update(slices.requeue_stale_slices(ctx, now))
     return counts
 
 
@@ -143,7 +146,8 @@ def redispatch_lost_items(ctx: TaskContext, now: datetime) -> dict[str, int]:
                     .where(Item.id == item_id, Item.status == ItemStatus.PENDING)
                     .values(admitted_at=None)
                 )
-    return {"republished": republished}
+    # Page slices whose message was lost (tasks/slices.py).
+    return {"republished": republished, **slices.redispatch_lost_slices(ctx, now)}
 
 
 def expire_uploads(ctx: TaskContext, now: datetime) -> dict[str, int]:

@@ -20,10 +20,11 @@ from celery import Celery, signals
 from service import logs, metrics
 from service.clock import utcnow
 from service.settings import Settings
-from tasks.app import PROCESS_ITEM, QUOTE_CHUNK, make_celery
+from tasks.app import PROCESS_ITEM, PROCESS_SLICE, QUOTE_CHUNK, make_celery
 from tasks.context import TaskContext, make_task_context
 from tasks.items import process_item
 from tasks.quotes import prune_quotes, run_quote_chunk
+from tasks.slices import process_slice
 from tasks.sweeps import SWEEPS
 
 log = logging.getLogger("pagelane.worker")
@@ -84,6 +85,14 @@ def make_worker_app(settings: Settings) -> Celery:
         outcome = process_item(state.context, item_id)
         elapsed_ms = (time.perf_counter() - started) * 1000
         log.info("item %s: %s in %.1f ms", item_id, outcome, elapsed_ms, extra={"item_id": item_id})
+        return outcome
+
+    @app.task(name=PROCESS_SLICE, bind=False, ignore_result=True)
+    def process_slice_task(slice_id: str) -> str:
+        started = time.perf_counter()
+        outcome = process_slice(state.context, slice_id)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        log.info("slice %s: %s in %.1f ms", slice_id, outcome, elapsed_ms)
         return outcome
 
     for name, sweep in SWEEPS.items():
