@@ -49,6 +49,7 @@ from ocr.office_html import epub_to_html, prepare_html
 log = logging.getLogger(__name__)
 
 SERVER_SCRIPT = Path(__file__).with_name("office_uno_server.py")
+PASSWORD_MESSAGE = "The document is password-protected; remove the password and resubmit."
 
 #: sniffed MIME -> (LibreOffice import filter, application family, file suffix)
 FILTERS: dict[str, tuple[str, str, str]] = {
@@ -316,9 +317,7 @@ def _reply_error(reply: dict[str, Any]) -> ExtractionError:
     error, detail = reply.get("error"), reply.get("detail")
     log.info("office conversion failed: %s: %s", error, detail)
     if error == "password":
-        return EncryptedDocumentError(
-            "The document is password-protected; remove the password and resubmit."
-        )
+        return EncryptedDocumentError(PASSWORD_MESSAGE)
     if error == "load":
         return CorruptDocumentError("The document is damaged or not readable as its format.")
     return CorruptDocumentError("The document could not be converted to pages.")
@@ -337,3 +336,30 @@ def shared_converter() -> OfficeConverter:
             _shared = OfficeConverter()
             atexit.register(_shared.close)
         return _shared
+
+
+def render_to_pdf(
+    data: bytes,
+    content_type: str,
+    *,
+    encrypted: bool,
+    max_pages: int,
+    timeout_s: float,
+    converter: OfficeConverter | None = None,
+) -> Converted:
+    """What the engine calls for kind "office": the document as PDF bytes (at most
+    ``max_pages`` + 1 pages), or an ExtractionError. ``converter`` defaults to
+    :func:`shared_converter`."""
+    if encrypted:
+        raise EncryptedDocumentError(PASSWORD_MESSAGE)
+    conv = converter if converter is not None else shared_converter()
+    timeout = min(conv.settings.timeout_s, max(timeout_s, 1.0))
+    return conv.convert(data, content_type, max_pages=max_pages, timeout_s=timeout)
+
+
+def page_limit_error(max_pages: int) -> ExtractionError:
+    from ocr.errors import PageLimitExceededError
+
+    return PageLimitExceededError(
+        f"The document has more than {max_pages} pages when rendered; the maximum is {max_pages}."
+    )

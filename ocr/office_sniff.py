@@ -55,6 +55,7 @@ _OOXML_MAIN = {
     "application/vnd.ms-powerpoint.presentation.macroEnabled.main+xml": PPTX,
     "application/vnd.ms-powerpoint.slideshow.macroEnabled.main+xml": PPTX,
 }
+_OOXML_MAIN_LOWER = {k.lower(): v for k, v in _OOXML_MAIN.items()}
 _ODF = {
     "application/vnd.oasis.opendocument.text": ODT,
     "application/vnd.oasis.opendocument.text-template": ODT,
@@ -130,7 +131,7 @@ def sniff_zip(data: bytes) -> OfficeSniff | None:
         if types is None:
             return None
         for ctype in re.findall(rb'ContentType\s*=\s*"([^"]{1,200})"', types):
-            found = _OOXML_MAIN.get(ctype.decode("ascii", "replace").strip().lower())
+            found = _OOXML_MAIN_LOWER.get(ctype.decode("ascii", "replace").strip().lower())
             if found is not None:
                 return OfficeSniff(found)
     return None
