@@ -185,6 +185,7 @@ def _office_pdf(
         encrypted=sniffed.encrypted,
         max_pages=config.max_pages,
         timeout_s=timeout_s,
+        max_expanded_bytes=config.max_decoded_stream_bytes,
         converter=converter,
     )
     with pdf_input.PDFIUM_LOCK:

@@ -43,8 +43,10 @@ from ocr.errors import (
     EncryptedDocumentError,
     ExtractionError,
     ExtractionTimeoutError,
+    ResourceLimitError,
 )
 from ocr.office_html import epub_to_html, prepare_html
+from ocr.office_sniff import zip_expanded_bytes
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +347,7 @@ def render_to_pdf(
     encrypted: bool,
     max_pages: int,
     timeout_s: float,
+    max_expanded_bytes: int,
     converter: OfficeConverter | None = None,
 ) -> Converted:
     """What the engine calls for kind "office": the document as PDF bytes (at most
@@ -352,6 +355,12 @@ def render_to_pdf(
     :func:`shared_converter`."""
     if encrypted:
         raise EncryptedDocumentError(PASSWORD_MESSAGE)
+    expanded = zip_expanded_bytes(data)
+    if expanded is not None and expanded > max_expanded_bytes:
+        raise ResourceLimitError(
+            f"The document's parts expand to {expanded:,} bytes; the engine allows"
+            f" {max_expanded_bytes:,} (a ZIP bomb?)."
+        )
     conv = converter if converter is not None else shared_converter()
     timeout = min(conv.settings.timeout_s, max(timeout_s, 1.0))
     return conv.convert(data, content_type, max_pages=max_pages, timeout_s=timeout)

@@ -273,3 +273,16 @@ def sniff_office(data: bytes) -> OfficeSniff | None:
         return sniff_ole(data)
     head = data[:4096]
     return sniff_rtf(head) or sniff_html(head)
+
+
+def zip_expanded_bytes(data: bytes) -> int | None:
+    """The total size a ZIP-based document declares its members inflate to (None: not a ZIP).
+    LibreOffice's package reader stops at the declared sizes (a member that inflates past its
+    declared size fails its CRC check), so this bounds what it would inflate."""
+    if not data.startswith(b"PK\x03\x04"):
+        return None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return sum(max(i.file_size, 0) for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
+        return None
