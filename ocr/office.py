@@ -237,7 +237,7 @@ class OfficeConverter:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ExtractionTimeoutError(
-                    f"Converting the document took longer than {timeout_s:.0f} s."
+                    f"Converting the document took longer than {timeout_s:g} s."
                 )
             ready, _, _ = select.select([fd], [], [], left)
             if not ready:

@@ -23,6 +23,7 @@ Time limits are the caller's: it kills this process group when an answer is late
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -32,9 +33,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import uno  # type: ignore[import-not-found]
-from com.sun.star.beans import PropertyValue  # type: ignore[import-not-found]
-from com.sun.star.connection import NoConnectException  # type: ignore[import-not-found]
+import uno
+from com.sun.star.beans import PropertyValue
+from com.sun.star.connection import NoConnectException
 
 # com.sun.star.document.MacroExecMode.NEVER_EXECUTE, UpdateDocMode.NO_UPDATE
 NEVER_EXECUTE = 0
@@ -200,10 +201,8 @@ class Server:
             try:
                 doc.close(True)
             except Exception:
-                try:
+                with contextlib.suppress(Exception):
                     doc.dispose()
-                except Exception:
-                    pass
         return {"ok": True, "warnings": warnings}
 
     def _prepare_calc(self, doc: Any, req: dict[str, Any], warnings: list[str]) -> None:
@@ -302,10 +301,8 @@ def main() -> int:
             resp = {"ok": False, "error": "internal", "detail": traceback.format_exc()[-500:]}
         out.write(json.dumps(resp) + "\n")
         out.flush()
-    try:
+    with contextlib.suppress(Exception):
         server.desktop.terminate()
-    except Exception:
-        pass
     if server.proc is not None:
         try:
             server.proc.wait(5)
