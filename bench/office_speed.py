@@ -76,7 +76,8 @@ def main() -> None:
         print(f"{name:<36}{pages[name]:>6}{per_doc_warm[name]:>9.2f}")
     warm_pps, cold_pps = total / warm_best, total / cold_best
     print(f"{len(docs)} documents, {total} pages (best of {args.repeat}):")
-    print(f"  engine, warm converter (convert + extract): {warm_best:6.2f} s  {warm_pps:6.2f} pages/s")
+    print(f"  engine, warm converter (convert + extract): {warm_best:6.2f} s"
+          f"  {warm_pps:6.2f} pages/s")
     print(f"  cold soffice --convert-to loop (convert only): {cold_best:6.2f} s"
           f"  {cold_pps:6.2f} pages/s")
     print(f"  warm / cold: {warm_pps / cold_pps:.2f}x (goal >= 3x)")
