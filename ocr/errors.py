@@ -30,7 +30,8 @@ class UnsupportedInputError(ExtractionError):
 
     code = "unsupported_input"
     default_message = (
-        "The file is not a supported format. Supported: PDF, PNG, JPEG, TIFF, WebP, BMP, GIF."
+        "The file is not a supported format. Supported: PDF, PNG, JPEG, TIFF, WebP, BMP, GIF,"
+        " DOCX, DOC, PPTX, PPT, XLSX, XLSM, XLS, ODT, ODP, ODS, RTF, HTML, EPUB."
     )
 
 

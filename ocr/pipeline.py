@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pypdfium2 as pdfium
 
@@ -27,6 +28,9 @@ from ocr.result import Warnings, envelope, normalize_options, text_chunk
 from ocr.sniff import Sniffed, sniff
 from ocr.tables import TableExtractor
 
+if TYPE_CHECKING:  # office/web formats (issue 14)
+    from ocr.office import OfficeConverter
+
 log = logging.getLogger(__name__)
 
 OnPage = Callable[[int, int], None]
@@ -34,24 +38,36 @@ OnPage = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Probe:
-    """Cheap facts about an input: ``kind`` ("pdf" | "image"), sniffed MIME, pages/frames."""
+    """Cheap facts about an input: ``kind`` ("pdf" | "image" | "office"), sniffed MIME,
+    pages/frames (office documents: pages of the PDF rendering)."""
 
     kind: str
     content_type: str
     page_count: int
 
 
-def probe(data: bytes, *, config: EngineConfig | None = None) -> Probe:
+def probe(
+    data: bytes,
+    *,
+    config: EngineConfig | None = None,
+    converter: OfficeConverter | None = None,
+) -> Probe:
     """Sniff and count pages without rendering or OCR (the worker reserves quota with this).
 
     Raises the same errors as :func:`extract` for unsupported, corrupt, encrypted, too large or
-    over-the-page-limit input.
+    over-the-page-limit input. Office and web documents are converted to PDF to count their
+    pages (``converter``, default :func:`ocr.office.shared_converter`, keeps the result, so the
+    :func:`extract` that follows does not convert again).
     """
     config = config or EngineConfig()
     sniffed = _check_input(data, config)
     data = bytes(data)
     try:
-        if sniffed.kind == "pdf":
+        # --- begin office/web formats (issue 14) ---
+        if sniffed.kind == "office":
+            data = _office_pdf(data, sniffed, config, converter, config.document_timeout_s)[0]
+        # --- end office/web formats ---
+        if sniffed.kind in ("pdf", "office"):
             doc = pdf_input.open_document(data, config)
             with pdf_input.PDFIUM_LOCK:
                 count = len(doc)
@@ -75,6 +91,7 @@ def extract(
     on_page: OnPage | None = None,
     file_id: str | None = None,
     pages: tuple[int, int] | None = None,
+    converter: OfficeConverter | None = None,
 ) -> dict[str, Any]:
     """Extract text, tables and images: returns SPEC's Extract result as a JSON-ready dict.
 
@@ -88,6 +105,10 @@ def extract(
     ``pages=(first, last)`` (1-based, inclusive, clipped to the document) extracts only that
     range, as a page slice does: chunks keep their document page numbers, ``page_count`` and
     ``on_page`` count the range's pages, and ``page_range`` says which they were.
+
+    Office and web documents (kind "office") are rendered to PDF by ``converter`` (default
+    :func:`ocr.office.shared_converter`) and go through the PDF path with their own text (never
+    OCR); ``page_no``/``bbox`` refer to that rendering.
     """
     config = config or EngineConfig()
     opts = normalize_options(options)
@@ -95,6 +116,19 @@ def extract(
         raise ValueError(f"pages must be (first, last) with 1 <= first <= last, not {pages}")
     sniffed = _check_input(data, config)
     data = bytes(data)  # pdfium and hashlib want bytes, not bytearray/memoryview
+    # --- begin office/web formats (issue 14) ---
+    office_pdf: bytes | None = None
+    office_warnings: tuple[str, ...] = ()
+    if sniffed.kind == "office":
+        started = time.monotonic()
+        office_pdf, office_warnings = _office_pdf(
+            data, sniffed, config, converter, config.document_timeout_s
+        )
+        # the text is the document's own: exact, never recognised from the rendering
+        opts["ocr"] = "never"
+        remaining = config.document_timeout_s - (time.monotonic() - started)
+        config = dataclasses.replace(config, document_timeout_s=max(remaining, 1.0))
+    # --- end office/web formats ---
     needs_ocr_languages = opts["extract_text"] and opts["ocr"] != "never"
     if needs_ocr_languages and config.provider == "tesseract":
         from ocr.tesseract import available_languages, validate_languages
@@ -105,8 +139,12 @@ def extract(
         if installed:
             opts["languages"] = validate_languages(opts["languages"], available=installed)
     run = _Run(config, opts, pages)
+    for message in office_warnings:
+        run.warnings.add(message)
     try:
-        if sniffed.kind == "pdf":
+        if office_pdf is not None:
+            page_count, chunks = run.pdf(office_pdf, on_page)
+        elif sniffed.kind == "pdf":
             page_count, chunks = run.pdf(data, on_page)
         else:
             page_count, chunks = run.image(data, on_page)
@@ -135,7 +173,43 @@ def _check_input(data: bytes, config: EngineConfig) -> Sniffed:
         raise DocumentTooLargeError(
             f"The document is {len(data):,} bytes; the maximum is {config.max_file_bytes:,}."
         )
-    return sniff(bytes(data[:1024]) if len(data) > 1024 else bytes(data))
+    # the whole input: ZIP and OLE2 containers are recognised by their directories
+    return sniff(bytes(data))
+
+
+# --- begin office/web formats (issue 14) ---
+def _office_pdf(
+    data: bytes,
+    sniffed: Sniffed,
+    config: EngineConfig,
+    converter: OfficeConverter | None,
+    timeout_s: float,
+) -> tuple[bytes, tuple[str, ...]]:
+    """An office document rendered to PDF (at most max_pages + 1 pages), and its warnings."""
+    from ocr.office import page_limit_error, render_to_pdf
+
+    converted = render_to_pdf(
+        data,
+        sniffed.content_type,
+        encrypted=sniffed.encrypted,
+        max_pages=config.max_pages,
+        timeout_s=timeout_s,
+        max_expanded_bytes=config.max_decoded_stream_bytes,
+        converter=converter,
+    )
+    with pdf_input.PDFIUM_LOCK:
+        try:
+            rendered = pdfium.PdfDocument(converted.pdf)
+        except pdfium.PdfiumError as exc:
+            raise CorruptDocumentError("The document could not be rendered to pages.") from exc
+        count = len(rendered)
+        rendered.close()
+    if count > config.max_pages:
+        raise page_limit_error(config.max_pages)
+    if count < 1:
+        raise CorruptDocumentError("The document has no pages when rendered.")
+    return converted.pdf, converted.warnings
+# --- end office/web formats ---
 
 
 def _resource_error(exc: BaseException) -> ExtractionError:

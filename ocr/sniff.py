@@ -1,10 +1,12 @@
-"""Input type detection by magic bytes only (filenames and declared content types are advisory)."""
+"""Input type detection by content only (filenames and declared content types are advisory)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ocr.errors import UnsupportedInputError
+from ocr.office_sniff import FORMATS as OFFICE_FORMATS  # office/web formats (issue 14)
+from ocr.office_sniff import sniff_office
 
 #: PDF readers accept a header anywhere in the first 1024 bytes (junk before it is common).
 _PDF_HEADER_WINDOW = 1024
@@ -14,14 +16,18 @@ _BMP_DIB_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
 
 @dataclass(frozen=True)
 class Sniffed:
-    """What the bytes are: ``kind`` is "pdf" or "image"; ``content_type`` the sniffed MIME."""
+    """What the bytes are: ``kind`` is "pdf", "image" or "office" (Office and web documents,
+    converted to PDF first); ``content_type`` the sniffed MIME of the original."""
 
     kind: str
     content_type: str
+    #: office documents only: password-protected, known before any conversion
+    encrypted: bool = False
 
 
 def sniff(data: bytes) -> Sniffed:
-    """Detect the input type or raise :class:`UnsupportedInputError`."""
+    """Detect the input type or raise :class:`UnsupportedInputError`. Pass the whole input:
+    ZIP and OLE2 containers are recognised by their own directory/manifest."""
     if not data:
         raise UnsupportedInputError("The file is empty (zero bytes).")
     head = bytes(data[:_PDF_HEADER_WINDOW])
@@ -39,6 +45,13 @@ def sniff(data: bytes) -> Sniffed:
         _BMP_DIB_SIZES
     ):
         return Sniffed("image", "image/bmp")
+    if head.startswith(b"%PDF-"):
+        return Sniffed("pdf", "application/pdf")
+    # --- begin office/web formats (issue 14) ---
+    office = sniff_office(bytes(data))
+    if office is not None:
+        return Sniffed("office", office.content_type, office.encrypted)
+    # --- end office/web formats ---
     if b"%PDF-" in head:
         return Sniffed("pdf", "application/pdf")
     raise UnsupportedInputError(_describe_unsupported(head))
@@ -46,13 +59,11 @@ def sniff(data: bytes) -> Sniffed:
 
 def _describe_unsupported(head: bytes) -> str:
     """A helpful, safe message naming what the bytes look like."""
-    supported = "Supported: PDF, PNG, JPEG, TIFF, WebP, BMP, GIF."
+    supported = f"Supported: PDF, PNG, JPEG, TIFF, WebP, BMP, GIF, {OFFICE_FORMATS}."
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        what = "a ZIP container (ZIP, DOCX, XLSX, PPTX, ...)"
+        what = "a ZIP archive that is not an Office, OpenDocument or EPUB document"
     elif head.startswith(b"\xd0\xcf\x11\xe0"):
-        what = "a legacy Office document"
-    elif head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
-        what = "an HTML page"
+        what = "an OLE2 container that is not a Word, Excel or PowerPoint document"
     elif head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"7z\xbc\xaf")):
         what = "a compressed archive"
     elif _looks_like_text(head):
