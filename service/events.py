@@ -58,8 +58,10 @@ ITEM_EVENT_TYPES = {
 def item_event_type(from_status: str, to_status: str) -> EventType | None:
     """The event an item move is, or None (back to pending: SPEC names no event for it)."""
     if to_status == ItemStatus.RUNNING:
-        return EventType.ITEM_PROGRESS if from_status == ItemStatus.RUNNING else (
-            EventType.ITEM_STARTED
+        return (
+            EventType.ITEM_PROGRESS
+            if from_status == ItemStatus.RUNNING
+            else (EventType.ITEM_STARTED)
         )
     return ITEM_EVENT_TYPES.get(ItemStatus(to_status))
 
@@ -161,9 +163,7 @@ def record_item_event(session: Session, type_: EventType, item: Any) -> None:
     )
 
 
-def record_item_events(
-    session: Session, type_: EventType, items: Sequence[Any]
-) -> None:
+def record_item_events(session: Session, type_: EventType, items: Sequence[Any]) -> None:
     """One event per item of a bulk move (cancel, quota, upload expiry), in one executemany."""
     if items:
         session.connection().execute(

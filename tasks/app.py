@@ -15,6 +15,10 @@ from service.settings import Settings
 PROCESS_ITEM = "pagelane.process_item"
 QUEUE_ITEMS = "items"
 QUEUE_SWEEPS = "sweeps"
+# events (issue 16): webhook deliveries run on their own queue and worker (docs/events.md)
+QUEUE_WEBHOOKS = "webhooks"
+WEBHOOKS_TICK = "pagelane.webhooks.tick"
+WEBHOOKS_DELIVER = "pagelane.webhooks.deliver"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -61,7 +65,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_tasks_per_child": 2000,
         "worker_max_memory_per_child": 1_000_000,  # KiB
         "task_default_queue": QUEUE_ITEMS,
-        "task_routes": {"pagelane.sweep.*": {"queue": QUEUE_SWEEPS}},
+        "task_routes": {
+            "pagelane.sweep.*": {"queue": QUEUE_SWEEPS},
+            "pagelane.webhooks.*": {"queue": QUEUE_WEBHOOKS},
+        },
         # Task events cost four Redis publishes an item. Flower switches them on in every
         # worker while it watches (its --enable-events default, re-sent periodically), so
         # the fleet pays for them only when someone is looking.
@@ -93,6 +100,13 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
         "expire-uploads": every(60, "pagelane.sweep.expire_uploads"),
         "delete-expired-blobs": every(300, "pagelane.sweep.delete_expired_blobs"),
         "prune-idempotency-keys": every(3600, "pagelane.sweep.prune_idempotency_keys"),
+        # events (issue 16)
+        "prune-events": every(600, "pagelane.sweep.prune_events"),
+        "webhooks-tick": {
+            "task": WEBHOOKS_TICK,
+            "schedule": timedelta(seconds=settings.webhook_tick_seconds),
+            "options": {"expires": settings.webhook_tick_seconds * 0.9, "queue": QUEUE_WEBHOOKS},
+        },
     }
 
 

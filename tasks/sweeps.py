@@ -52,8 +52,9 @@ def requeue_stale_items(ctx: TaskContext, now: datetime) -> dict[str, int]:
             # sweep, and the reservation released is the one the item holds as it moves.
             lifecycle.lock_batch(session, batch_id)
             item = session.execute(
-                select(Item.customer_id, Item.attempts, Item.ocr_failures, Item.pages_reserved)
-                .where(
+                select(
+                    Item.customer_id, Item.attempts, Item.ocr_failures, Item.pages_reserved
+                ).where(
                     Item.id == item_id,
                     Item.status == ItemStatus.RUNNING,
                     Item.lease_expires_at < now,
@@ -258,6 +259,48 @@ def _skip_locked(ctx: TaskContext, statement: Any) -> Any:
     return statement
 
 
+# --- events (issue 16) ---------------------------------------------------------------------------
+
+
+def prune_events(ctx: TaskContext, now: datetime) -> dict[str, int]:
+    """Events and finished webhook deliveries go with their batch's retention: those of batches
+    completed more than the retention ago, and of batches that no longer exist."""
+    from service.models import Batch, DeliveryStatus, Event, WebhookDelivery
+
+    cutoff = now - timedelta(hours=ctx.settings.retention_hours)
+    with transaction(ctx.session_factory) as session:
+        gone = (
+            select(Batch.id)
+            .where(Batch.completed_at.is_not(None), Batch.completed_at < cutoff)
+            .scalar_subquery()
+        )
+        orphaned = ~select(Batch.id).where(Batch.id == Event.batch_id).exists()
+        doomed = list(
+            session.scalars(
+                select(Event.batch_id)
+                .where((Event.batch_id.in_(gone)) | orphaned)
+                .distinct()
+                .limit(BATCH_SIZE)
+            )
+        )
+        if not doomed:
+            return {"events": 0, "deliveries": 0}
+        events = session.execute(delete(Event).where(Event.batch_id.in_(doomed)))
+        deliveries = session.execute(
+            delete(WebhookDelivery).where(
+                WebhookDelivery.batch_id.in_(doomed),
+                WebhookDelivery.status != DeliveryStatus.PENDING,
+            )
+        )
+    return {
+        "events": int(events.rowcount or 0),  # type: ignore[attr-defined]
+        "deliveries": int(deliveries.rowcount or 0),  # type: ignore[attr-defined]
+    }
+
+
+# --- end events
+
+
 SWEEPS = {
     "dispatch_pending": dispatch_pending,
     "requeue_stale_items": requeue_stale_items,
@@ -265,4 +308,5 @@ SWEEPS = {
     "expire_uploads": expire_uploads,
     "delete_expired_blobs": delete_expired_blobs,
     "prune_idempotency_keys": prune_idempotency_keys,
+    "prune_events": prune_events,  # events (issue 16)
 }

@@ -72,11 +72,24 @@ def create_app(
     app.extensions["pagelane"] = context
 
     from service.api.batches import make_batches_blueprint
+
+    # --- events (issue 16): the SSE stream and webhook endpoints
+    from service.api.events import make_events_blueprint, register_events
     from service.api.extract import make_extract_blueprint
     from service.api.files import make_files_blueprint
     from service.api.health import make_health_blueprint
+    from service.api.webhooks import make_webhooks_blueprint
 
-    for blueprint in (make_files_blueprint(), make_batches_blueprint(), make_extract_blueprint()):
+    register_events(app, settings, context.session_factory, context.redis)
+    # --- end events
+
+    for blueprint in (
+        make_files_blueprint(),
+        make_batches_blueprint(),
+        make_extract_blueprint(),
+        make_events_blueprint(),
+        make_webhooks_blueprint(),
+    ):
         blueprint.before_request(require_api_key)
         app.register_api(blueprint)
     app.register_api(make_health_blueprint())

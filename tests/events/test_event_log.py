@@ -49,7 +49,9 @@ def test_numbering_types_and_data_match_the_api(api_env: ApiEnv) -> None:
     assert log[2].data["pages_done"] == 1
     assert log[-1].data == cancelled
     # every item event's data is what GET shows for the item once it stopped changing
-    final = {i["id"]: i for i in alice.get(f"/v1/batches/{batch['id']}?limit=10").get_json()["items"]}
+    final = {
+        i["id"]: i for i in alice.get(f"/v1/batches/{batch['id']}?limit=10").get_json()["items"]
+    }
     for event in log:
         if event.type in ("item.succeeded", "item.failed", "item.cancelled"):
             assert event.data == final[event.data["id"]]
@@ -70,9 +72,10 @@ def test_a_rolled_back_change_leaves_no_event(api_env: ApiEnv) -> None:
             now=lifecycle.utcnow(),
         )
         raise RuntimeError("the finish fails after the move")
-    with pytest.raises(lifecycle.ItemNotMovedError), transaction(
-        api_env.ctx.session_factory
-    ) as session:
+    with (
+        pytest.raises(lifecycle.ItemNotMovedError),
+        transaction(api_env.ctx.session_factory) as session,
+    ):
         lifecycle.move_item(
             session,
             batch_id=batch["id"],

@@ -49,9 +49,7 @@ def upgrade() -> None:
         sa.Column("deleted_at", sa.DateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_webhook_endpoints"),
     )
-    op.create_index(
-        "ix_webhook_endpoints_customer_id", "webhook_endpoints", ["customer_id"]
-    )
+    op.create_index("ix_webhook_endpoints_customer_id", "webhook_endpoints", ["customer_id"])
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.String(40), nullable=False),
