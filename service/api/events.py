@@ -254,7 +254,7 @@ def ctx_hub() -> StreamHub:
     hub = current_app.extensions.get(EXTENSION)
     if hub is None:
         raise ApiError(503, "streams_unavailable", "event streams are not configured")
-    return hub  # type: ignore[no-any-return]
+    return hub
 
 
 def _resume_point(after: int | None) -> int:

@@ -167,7 +167,7 @@ def _endpoint(session: Any, endpoint_id: str) -> WebhookEndpoint:
         or endpoint.deleted_at is not None
     ):
         raise not_found("webhook_endpoint")
-    return endpoint  # type: ignore[no-any-return]
+    return endpoint
 
 
 def get_endpoint(path: WebhookEndpointPath) -> Response:

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from service.api.app import create_app
+from service.models import ItemStatus
 from service.settings import load_settings
 from tests.api.conftest import ApiEnv, Tenant
 from tests.api.test_batches import _uploaded, finish
 from tests.conftest import build_context
-from service.models import ItemStatus
 
 PUBLIC = "https://93.184.215.14/hook"  # a public address literal: no DNS needed
 
