@@ -63,6 +63,12 @@ def up(data_dir: Path | None, port: int, workers: int) -> None:
             ["beat", "--loglevel", "WARNING"],
         ):
             roles.append(_start_in_own_group([*me, *role], env))
+        # events (issue 16): webhook deliveries on a worker of their own, so a slow receiver
+        # never holds an extraction slot (its metrics endpoint off: the port is the other's)
+        webhooks = ["worker", "--concurrency", "2", "--queues", "webhooks", "-n", "webhooks@%h"]
+        roles.append(
+            _start_in_own_group([*me, *webhooks], {**env, "PAGELANE_WORKER_METRICS_PORT": "0"})
+        )
         _wait_for_port(port, timeout=60)
         click.echo(
             f"\nPagelane is up.\n  API:      http://127.0.0.1:{port}  (docs: /docs)\n"
