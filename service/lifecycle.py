@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from service import events
 from service.clock import utcnow
 from service.ids import new_id, new_ids_in_order
 from service.models import (
@@ -39,6 +40,7 @@ from service.models import (
     Batch,
     BatchStatus,
     Customer,
+    EventType,
     Item,
     ItemStatus,
 )
@@ -229,6 +231,11 @@ def move_item(
     ).first()
     if item is None:
         raise ItemNotMovedError(item_id)
+    # --- events (issue 16): the move's event, in this transaction, under the batch lock
+    event_type = events.item_event_type(from_status, to_status)
+    if event_type is not None:
+        events.record_item_event(session, event_type, item)
+    # --- end events
     status = next_batch_status(
         batch.status,
         pending=batch.count_pending,
@@ -239,11 +246,33 @@ def move_item(
         started=batch.started_at is not None,
     )
     if status != batch.status:
+        terminal = status in TERMINAL_BATCH_STATUSES
         connection.execute(
-            _status_statement(status in TERMINAL_BATCH_STATUSES),
+            _status_statement(terminal),
             {"p_batch_id": batch_id, "p_status": status, "p_now": now},
         )
+        if terminal:  # events (issue 16): batch.completed takes a change number of its own
+            _record_batch_completed(session, batch_id, now)
     return batch, item
+
+
+def _record_batch_completed(session: Session, batch_id: str, now: datetime) -> None:
+    """batch.completed with the next change number (once a batch: not the hot path)."""
+    connection = session.connection()
+    seq = connection.execute(_NEXT_CHANGE, {"p_batch_id": batch_id}).scalar_one()
+    row = session.execute(
+        select(Batch).where(Batch.id == batch_id).execution_options(populate_existing=True)
+    ).scalar_one()
+    events.record_batch_event(session, EventType.BATCH_COMPLETED, row, seq, change_stamp(now))
+
+
+_NEXT_CHANGE = (
+    update(Batch)
+    .where(Batch.id == bindparam("p_batch_id"))
+    .values(change_seq=Batch.change_seq + 1)
+    .returning(Batch.change_seq)
+    .execution_options(synchronize_session=False)
+)
 
 
 def _is_expression(value: Any) -> bool:
@@ -292,7 +321,8 @@ def _item_statement(
             updated_at=bindparam("p_updated_at", type_=DateTime()),
             **values,
         )
-        .returning(Item.id, *returning)
+        # events (issue 16): the item resource, for the move's event
+        .returning(Item.id, *returning, *events.ITEM_RESOURCE_COLUMNS)
         .execution_options(synchronize_session=False)
     )
 
@@ -326,7 +356,7 @@ def move_items_in_bulk(
     earlier number, and in position order, so pollers see them like any other change.
     """
     base = batch.change_seq
-    result = session.execute(
+    rows = session.execute(
         update(Item)
         .where(Item.batch_id == batch.id, Item.status == from_status, *extra_where)
         .values(
@@ -335,16 +365,28 @@ def move_items_in_bulk(
             updated_at=change_stamp(now),
             **fields,
         )
+        .returning(Item.id, *events.ITEM_RESOURCE_COLUMNS)
         .execution_options(synchronize_session=False)
-    )
-    moved = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    ).all()
+    moved = len(rows)
     if moved:
         batch.change_seq = base + batch.total_items + 1
         setattr(
             batch, _COUNT_COLUMN[from_status], getattr(batch, _COUNT_COLUMN[from_status]) - moved
         )
         setattr(batch, _COUNT_COLUMN[to_status], getattr(batch, _COUNT_COLUMN[to_status]) + moved)
+        # --- events (issue 16): one per moved item, then batch.completed on the number that
+        # the bulk move leaves unused above every item's (base + total_items + 1)
+        event_type = events.item_event_type(from_status, to_status)
+        if event_type is not None:
+            events.record_item_events(session, event_type, rows)
+        was_terminal = batch.status in TERMINAL_BATCH_STATUSES
         refresh_batch_status(batch, now)
+        if not was_terminal and batch.status in TERMINAL_BATCH_STATUSES:
+            events.record_batch_event(
+                session, EventType.BATCH_COMPLETED, batch, batch.change_seq, change_stamp(now)
+            )
+        # --- end events
     return moved
 
 
@@ -384,6 +426,8 @@ def create_batch(
     session.add(batch)
     session.flush()
     _insert_items(session, batch.id, customer.id, file_ids, now)
+    # events (issue 16): batch.created is seq 0, below every item's creation number
+    events.record_batch_event(session, EventType.BATCH_CREATED, batch, 0, now)
     return batch
 
 

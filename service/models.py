@@ -323,3 +323,102 @@ class QuoteItem(Base):
     ocr_pages: Mapped[int | None] = mapped_column(Integer)
     # The item error code extraction would end with (before quota, which the totals apply).
     error_code: Mapped[str | None] = mapped_column(String(40))
+
+
+# --- events and webhooks (issue 16; service/events.py, service/webhooks.py) --------------------
+# No foreign keys on purpose: the event insert is on every worker's hot path (no FK check), and
+# events and deliveries are deleted by the retention sweep on their own schedule.
+
+
+class EventType(StrEnum):
+    BATCH_CREATED = "batch.created"
+    ITEM_STARTED = "item.started"
+    ITEM_PROGRESS = "item.progress"
+    ITEM_SUCCEEDED = "item.succeeded"
+    ITEM_FAILED = "item.failed"
+    ITEM_CANCELLED = "item.cancelled"
+    BATCH_COMPLETED = "batch.completed"
+
+
+class Event(Base):
+    """One committed change of a batch, numbered by the batch's change number (``seq``)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(40))
+    customer_id: Mapped[str] = mapped_column(String(40))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # False until the webhook fan-out has made this event's deliveries (a partial index).
+    fanned_out: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        UniqueConstraint("batch_id", "seq"),
+        Index(
+            "ix_events_to_fan_out",
+            "created_at",
+            postgresql_where=text("NOT fanned_out"),
+            sqlite_where=text("NOT fanned_out"),
+        ),
+        Index("ix_events_customer_created", "customer_id", "created_at"),
+    )
+
+
+class WebhookEndpoint(Base):
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(40), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    # JSON list of event types; NULL = every type.
+    events: Mapped[list[str] | None] = mapped_column(JSON)
+    # "fernet:<token>" (encrypted with a key derived from PAGELANE_SECRET_KEY) or "plain:<secret>"
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """One event to send to one endpoint, with its attempts (a replay adds a new row)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(String(40))
+    customer_id: Mapped[str] = mapped_column(String(40))
+    event_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(40))
+    batch_id: Mapped[str] = mapped_column(String(40))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # A sender holds the delivery while its request is in flight; a killed one's lease runs out.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    response_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at", "id"),
+        # The sender's question: the oldest pending delivery of an (endpoint, batch).
+        Index(
+            "ix_webhook_deliveries_pending",
+            "endpoint_id",
+            "batch_id",
+            "seq",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index("ix_webhook_deliveries_batch", "batch_id"),
+    )

@@ -117,6 +117,37 @@ class Settings(BaseSettings):
     ocr_http_model: str = Field("", description="Model name for the `http` provider.")
     ocr_http_timeout_seconds: float = Field(60.0, gt=0, description="Per-request timeout (`http`).")
 
+    # --- events: SSE and webhooks (issue 16; docs/events.md) --------------------------------
+    sse_streams_per_key: int = Field(8, ge=1, description="Open event streams per API key.")
+    sse_streams_per_process: int = Field(
+        32, ge=1, description="Event streams one API process holds (each a gthread thread)."
+    )
+    sse_keepalive_seconds: float = Field(
+        10.0, gt=0, le=15, description="Seconds between `: keep-alive` comments on a stream."
+    )
+    sse_max_stream_seconds: float = Field(
+        300.0, ge=5, description="A stream ends after this; the client resumes (Last-Event-ID)."
+    )
+    sse_poll_seconds: float = Field(
+        0.2, gt=0, le=5, description="How often an API process looks for new events."
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhook URLs on loopback/private networks, and plain http."
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="One delivery attempt.")
+    webhook_backoff_seconds: float = Field(
+        30.0, gt=0, description="First retry delay of a failed delivery (doubles, jittered)."
+    )
+    webhook_backoff_max_seconds: float = Field(
+        3600.0, gt=0, description="Longest delay between two delivery attempts."
+    )
+    webhook_retry_hours: float = Field(
+        24.0, gt=0, description="A delivery still failing this long after its event: failed."
+    )
+    webhook_tick_seconds: float = Field(
+        1.0, gt=0, description="How often beat fans events out and sends due deliveries."
+    )
+
     # --- observability -----------------------------------------------------------------------
     worker_metrics_port: int = Field(
         9808, ge=0, le=65535, description="Port of a worker's Prometheus `/metrics`; 0 = off."

@@ -19,6 +19,10 @@ QUEUE_SWEEPS = "sweeps"
 # batch control: quotes have a queue of their own, so they never delay extraction
 QUOTE_CHUNK = "pagelane.quote.chunk"
 QUEUE_QUOTES = "quotes"
+# events (issue 16): webhook deliveries run on their own queue and worker (docs/events.md)
+QUEUE_WEBHOOKS = "webhooks"
+WEBHOOKS_TICK = "pagelane.webhooks.tick"
+WEBHOOKS_DELIVER = "pagelane.webhooks.deliver"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -68,6 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "pagelane.sweep.*": {"queue": QUEUE_SWEEPS},
             "pagelane.quote.*": {"queue": QUEUE_QUOTES},  # batch control
+            "pagelane.webhooks.*": {"queue": QUEUE_WEBHOOKS},
         },
         # Task events cost four Redis publishes an item. Flower switches them on in every
         # worker while it watches (its --enable-events default, re-sent periodically), so
@@ -105,6 +110,13 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
         "delete-orphan-blobs": every(300, "pagelane.sweep.delete_orphan_blobs"),
         "prune-idempotency-keys": every(3600, "pagelane.sweep.prune_idempotency_keys"),
         "prune-quotes": every(3600, "pagelane.sweep.prune_quotes"),  # batch control
+        # events (issue 16)
+        "prune-events": every(600, "pagelane.sweep.prune_events"),
+        "webhooks-tick": {
+            "task": WEBHOOKS_TICK,
+            "schedule": timedelta(seconds=settings.webhook_tick_seconds),
+            "options": {"expires": settings.webhook_tick_seconds * 0.9, "queue": QUEUE_WEBHOOKS},
+        },
     }
 
 

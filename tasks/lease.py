@@ -95,9 +95,7 @@ class LeaseKeeper:
         )
         with self._changed:
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="lease-keeper", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
                 self._thread.start()
             self._due[heartbeat] = time.monotonic() + self._interval
             self._changed.notify()
@@ -190,16 +188,20 @@ class Heartbeat:
         with transaction(self._session_factory) as session:
             if pages_done == self._published:
                 # Only the lease moves: not a visible change, so no batch lock or change number.
-                renewed = session.connection().execute(
-                    update(Item)
-                    .where(
-                        Item.id == self._claim.item_id,
-                        Item.status == ItemStatus.RUNNING,
-                        Item.lease_token == self._claim.lease_token,
+                renewed = (
+                    session.connection()
+                    .execute(
+                        update(Item)
+                        .where(
+                            Item.id == self._claim.item_id,
+                            Item.status == ItemStatus.RUNNING,
+                            Item.lease_token == self._claim.lease_token,
+                        )
+                        .values(lease_expires_at=expires)
+                        .execution_options(synchronize_session=False)
                     )
-                    .values(lease_expires_at=expires)
-                    .execution_options(synchronize_session=False)
-                ).rowcount
+                    .rowcount
+                )
                 if not renewed:
                     raise LeaseLostError(self._claim.item_id)
             else:

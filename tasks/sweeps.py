@@ -411,6 +411,48 @@ def _skip_locked(ctx: TaskContext, statement: Any) -> Any:
     return statement
 
 
+# --- events (issue 16) ---------------------------------------------------------------------------
+
+
+def prune_events(ctx: TaskContext, now: datetime) -> dict[str, int]:
+    """Events and finished webhook deliveries go with their batch's retention: those of batches
+    completed more than the retention ago, and of batches that no longer exist."""
+    from service.models import Batch, DeliveryStatus, Event, WebhookDelivery
+
+    cutoff = now - timedelta(hours=ctx.settings.retention_hours)
+    with transaction(ctx.session_factory) as session:
+        gone = (
+            select(Batch.id)
+            .where(Batch.completed_at.is_not(None), Batch.completed_at < cutoff)
+            .scalar_subquery()
+        )
+        orphaned = ~select(Batch.id).where(Batch.id == Event.batch_id).exists()
+        doomed = list(
+            session.scalars(
+                select(Event.batch_id)
+                .where((Event.batch_id.in_(gone)) | orphaned)
+                .distinct()
+                .limit(BATCH_SIZE)
+            )
+        )
+        if not doomed:
+            return {"events": 0, "deliveries": 0}
+        events = session.execute(delete(Event).where(Event.batch_id.in_(doomed)))
+        deliveries = session.execute(
+            delete(WebhookDelivery).where(
+                WebhookDelivery.batch_id.in_(doomed),
+                WebhookDelivery.status != DeliveryStatus.PENDING,
+            )
+        )
+    return {
+        "events": int(events.rowcount or 0),  # type: ignore[attr-defined]
+        "deliveries": int(deliveries.rowcount or 0),  # type: ignore[attr-defined]
+    }
+
+
+# --- end events
+
+
 SWEEPS = {
     "dispatch_pending": dispatch_pending,
     "requeue_stale_items": requeue_stale_items,
@@ -419,4 +461,5 @@ SWEEPS = {
     "delete_expired_blobs": delete_expired_blobs,
     "delete_orphan_blobs": delete_orphan_blobs,
     "prune_idempotency_keys": prune_idempotency_keys,
+    "prune_events": prune_events,  # events (issue 16)
 }

@@ -20,7 +20,15 @@ from celery import Celery, signals
 from service import logs, metrics
 from service.clock import utcnow
 from service.settings import Settings
-from tasks.app import PROCESS_ITEM, PROCESS_SLICE, QUOTE_CHUNK, make_celery
+from tasks import webhooks
+from tasks.app import (
+    PROCESS_ITEM,
+    PROCESS_SLICE,
+    QUOTE_CHUNK,
+    WEBHOOKS_DELIVER,
+    WEBHOOKS_TICK,
+    make_celery,
+)
 from tasks.context import TaskContext, make_task_context
 from tasks.items import process_item
 from tasks.quotes import prune_quotes, run_quote_chunk
@@ -104,7 +112,27 @@ def make_worker_app(settings: Settings) -> Celery:
         return run_quote_chunk(state.context, quote_id, start, end)
 
     _register_sweep(app, state, "prune_quotes", prune_quotes)
+    _register_webhooks(app, state)
     return app
+
+
+def _register_webhooks(app: Celery, state: WorkerState) -> None:
+    """events (issue 16): the webhook tick and sender, on the ``webhooks`` queue."""
+
+    @app.task(name=WEBHOOKS_DELIVER, ignore_result=True)
+    def deliver_task(endpoint_id: str, batch_id: str) -> dict[str, int]:
+        return webhooks.deliver(state.context, endpoint_id, batch_id)
+
+    def publish(endpoint_id: str, batch_id: str) -> None:
+        # Expires before several ticks have passed: a backlog of duplicates never piles up.
+        deliver_task.apply_async((endpoint_id, batch_id), expires=30)
+
+    @app.task(name=WEBHOOKS_TICK, ignore_result=True)
+    def tick_task() -> dict[str, int]:
+        counts = webhooks.tick(state.context, utcnow(), publish)
+        if any(counts.values()):
+            log.debug("webhooks tick: %s", counts)
+        return counts
 
 
 def _bind_task_id(task_id: str | None = None, **_: Any) -> None:

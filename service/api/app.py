@@ -78,10 +78,17 @@ def create_app(
 
     from service.api.batches import make_batches_blueprint
     from service.api.control import make_control_blueprint  # batch control
+
+    # --- events (issue 16): the SSE stream and webhook endpoints
+    from service.api.events import make_events_blueprint, register_events
     from service.api.extract import make_extract_blueprint
     from service.api.files import make_files_blueprint
     from service.api.health import make_health_blueprint
     from service.api.quotes import PUBLISHER, make_quotes_blueprint  # batch control
+    from service.api.webhooks import make_webhooks_blueprint
+
+    register_events(app, settings, context.session_factory, context.redis)
+    # --- end events
 
     for blueprint in (
         make_files_blueprint(),
@@ -89,6 +96,8 @@ def create_app(
         make_extract_blueprint(),
         make_control_blueprint(),  # batch control
         make_quotes_blueprint(),  # batch control
+        make_events_blueprint(),
+        make_webhooks_blueprint(),
     ):
         blueprint.before_request(require_api_key)
         app.register_api(blueprint)

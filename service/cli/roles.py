@@ -16,10 +16,19 @@ from service.cli.common import load
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn processes")
-@click.option("--threads", default=8, show_default=True, type=int)
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=int,
+    help="request threads per process (event streams get PAGELANE_SSE_STREAMS_PER_PROCESS more)",
+)
 def api(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the HTTP API under gunicorn."""
-    load()  # fail here, with the message, rather than inside every gunicorn worker
+    settings = load()  # fail here, with the message, rather than inside every gunicorn worker
+    # events (issue 16): an open event stream holds a gthread thread; streams get threads of
+    # their own on top of the request threads, so they never starve requests (docs/events.md).
+    threads += settings.sse_streams_per_process
     # The directory outlives the exec (nothing is left to remove it); it holds a few small
     # files per gunicorn worker, under the container's or machine's temp dir.
     _prepare_metrics_dir("api")

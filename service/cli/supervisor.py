@@ -94,6 +94,17 @@ def up(
         ):
             argv = [*me, *args]
             roles.append(Role(name, functools.partial(_start_in_own_group, argv, env), policy))
+        # events (issue 16): webhook deliveries on a worker of their own, so a slow receiver
+        # never holds an extraction slot (its metrics endpoint off: the port is the other's)
+        webhooks = ["worker", "--concurrency", "2", "--queues", "webhooks", "-n", "webhooks@%h"]
+        webhooks_env = {**env, "PAGELANE_WORKER_METRICS_PORT": "0"}
+        roles.append(
+            Role(
+                "webhooks",
+                functools.partial(_start_in_own_group, [*me, *webhooks], webhooks_env),
+                policy,
+            )
+        )
         _wait_for_port(port, timeout=60)
         click.echo(
             f"\nPagelane is up.\n  API:      http://127.0.0.1:{port}  (docs: /docs)\n"
