@@ -71,15 +71,26 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["pagelane"] = context
 
+    from service.api.account import make_account_blueprint
     from service.api.batches import make_batches_blueprint
+    from service.api.console import make_console_blueprint
+    from service.api.downloads import make_downloads_blueprint
     from service.api.extract import make_extract_blueprint
     from service.api.files import make_files_blueprint
     from service.api.health import make_health_blueprint
 
-    for blueprint in (make_files_blueprint(), make_batches_blueprint(), make_extract_blueprint()):
+    for blueprint in (
+        make_files_blueprint(),
+        make_batches_blueprint(),
+        make_extract_blueprint(),
+        make_downloads_blueprint(),
+        make_account_blueprint(),
+    ):
         blueprint.before_request(require_api_key)
         app.register_api(blueprint)
     app.register_api(make_health_blueprint())
+    # The web console: static pages (no key needed to load them; every call they make does).
+    app.register_blueprint(make_console_blueprint(context.blob_store))
 
     if isinstance(context.blob_store, LocalBlobStore):
         from service.api.blobs import make_blobs_blueprint
