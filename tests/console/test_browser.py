@@ -198,7 +198,7 @@ def test_another_customer_sees_nothing(
     console_stack: ConsoleStack, page: Any, artifacts: Path
 ) -> None:
     """Bob's console shows none of Alice's batches, and her batch page is a 404 for him."""
-    alice_id, alice_key = console_stack.customer("alice")
+    _, alice_key = console_stack.customer("alice")
     _, bob_key = console_stack.customer("bob")
     import httpx
 
