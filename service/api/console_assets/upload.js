@@ -293,7 +293,7 @@ export function renderUpload(root, signal) {
       list,
     ),
     h("h2", {}, "Options"),
-    h("div", { class: "row" },
+    h("div", { class: "row options" },
       h("div", { class: "field" }, h("label", { for: "opt-ocr" }, "OCR"), ocr),
       h("div", { class: "field" },
         h("label", { for: "opt-languages" }, "OCR languages"),
