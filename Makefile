@@ -11,9 +11,11 @@ APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd tesseract-ocr-
 	tesseract-ocr-deu tesseract-ocr-nld tesseract-ocr-chi-sim
 # Only to build gunicorn-h1c (gunicorn's C request parser), which is published as source only.
 BUILD_PACKAGES := gcc python3-dev
+# The browser tests of the web console (tests/console): Playwright drives this Chromium.
+TEST_PACKAGES := chromium
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-fast test-api lint format typecheck check-imports \
+.PHONY: help install system-deps run test test-fast test-api test-console lint format typecheck check-imports \
 	check-unasync check-self-contained check bench \
 	bench-api bench-extract bench-fairness bench-throughput bench-client services clean
 
@@ -21,8 +23,8 @@ help: ## List every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 
-system-deps: ## apt-get install Tesseract, language packs and a C compiler (when missing and apt is usable)
-	@missing=$$(for p in $(APT_PACKAGES) $(BUILD_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+system-deps: ## apt-get install Tesseract, language packs, a C compiler and Chromium (when missing and apt is usable)
+	@missing=$$(for p in $(APT_PACKAGES) $(BUILD_PACKAGES) $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -51,6 +53,9 @@ test-fast: install services ## The suite without the slow fault-injection tests
 
 test-api: install services ## Only the API tests (both database backends)
 	$(BIN)/pytest -q tests/api
+
+test-console: install services ## The web console in a real browser (Debian chromium + Playwright); screenshots in tests/console/artifacts/
+	$(BIN)/pytest -q tests/console
 
 lint: install ## ruff: lint rules, and the format every file must already have
 	$(BIN)/ruff check .

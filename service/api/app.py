@@ -76,8 +76,11 @@ def create_app(
     def publish_quote_chunk(quote_id: str, start: int, end: int) -> None:
         quote_celery.send_task(QUOTE_CHUNK, args=[quote_id, start, end], queue=QUEUE_QUOTES)
 
+    from service.api.account import make_account_blueprint
     from service.api.batches import make_batches_blueprint
+    from service.api.console import make_console_blueprint
     from service.api.control import make_control_blueprint  # batch control
+    from service.api.downloads import make_downloads_blueprint
 
     # --- events (issue 16): the SSE stream and webhook endpoints
     from service.api.events import make_events_blueprint, register_events
@@ -98,11 +101,15 @@ def create_app(
         make_quotes_blueprint(),  # batch control
         make_events_blueprint(),
         make_webhooks_blueprint(),
+        make_downloads_blueprint(),
+        make_account_blueprint(),
     ):
         blueprint.before_request(require_api_key)
         app.register_api(blueprint)
     app.extensions[PUBLISHER] = publish_quote_chunk  # batch control
     app.register_api(make_health_blueprint())
+    # The web console: static pages (no key needed to load them; every call they make does).
+    app.register_blueprint(make_console_blueprint(context.blob_store))
 
     if isinstance(context.blob_store, LocalBlobStore):
         from service.api.blobs import make_blobs_blueprint

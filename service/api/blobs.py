@@ -79,6 +79,25 @@ def make_blobs_blueprint(store: LocalBlobStore) -> Blueprint:
     """
     blueprint = Blueprint("blobs", __name__)
 
+    @blueprint.after_request
+    def allow_cross_origin(response: Response) -> Response:
+        # Browsers (the console) PUT and GET these URLs from a page that may sit on another
+        # origin than PAGELANE_PUBLIC_URL (localhost vs 127.0.0.1, a proxy's name). The signed
+        # query string is the only credential and no cookie is ever read, so any origin may
+        # use a URL it was given, exactly like an S3 presigned URL.
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Expose-Headers"] = "Content-Length, X-Request-Id"
+        return response
+
+    @blueprint.route("/blobs/<path:key>", methods=["OPTIONS"])
+    def preflight(key: str) -> Response:
+        """CORS preflight of a PUT (its Content-Type makes browsers ask first)."""
+        response = Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "PUT, GET"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
     @blueprint.put("/blobs/<path:key>")
     def receive_upload(key: str) -> Response | tuple[str, int]:
         signed = _parse_signed_query()
