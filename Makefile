@@ -6,9 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8080
 WORKERS ?= 2
-# System packages: Tesseract with the language packs the corpus needs (the image has the same).
+# System packages (the image has the same): Tesseract with the language packs the corpus needs;
+# LibreOffice, its Python-UNO bridge and fonts for Office and web documents (the `-nogui`
+# variants lack the UI files Writer needs when driven over UNO: docs/engine.md).
 APT_PACKAGES := tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd tesseract-ocr-fra \
-	tesseract-ocr-deu tesseract-ocr-nld tesseract-ocr-chi-sim
+	tesseract-ocr-deu tesseract-ocr-nld tesseract-ocr-chi-sim \
+	libreoffice-writer libreoffice-calc libreoffice-impress python3-uno \
+	fonts-dejavu-core fonts-liberation2
 # Only to build gunicorn-h1c (gunicorn's C request parser), which is published as source only.
 BUILD_PACKAGES := gcc python3-dev
 # The browser tests of the web console (tests/console): Playwright drives this Chromium.

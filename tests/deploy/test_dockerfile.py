@@ -70,18 +70,20 @@ def test_runtime_installs_only_wheels_and_no_compiler() -> None:
     assert "build-essential" not in runs and "gcc" not in runs
 
 
-def test_tesseract_and_the_makefiles_language_packs() -> None:
+def test_the_image_installs_the_makefiles_system_packages() -> None:
+    """Tesseract and its language packs, LibreOffice and its fonts: what `make install` puts on
+    a developer's machine, the image has too."""
     makefile = (REPO / "Makefile").read_text()
     match = re.search(r"^APT_PACKAGES\s*:=\s*((?:.*\\\n)*.*)$", makefile, flags=re.M)
     assert match, "Makefile APT_PACKAGES not found"
     wanted = set(match.group(1).replace("\\", " ").split())
-    assert {"tesseract-ocr-chi-sim", "tesseract-ocr-osd"} <= wanted
+    assert {"tesseract-ocr-chi-sim", "tesseract-ocr-osd", "libreoffice-writer"} <= wanted
     installed: set[str] = set()
     for run in runtime().all("RUN"):
         if "apt-get install" in run.value:
             assert "--no-install-recommends" in run.value
             assert "rm -rf /var/lib/apt/lists/*" in run.value, "clean the apt lists in the layer"
-            installed |= {w for w in shlex.split(run.value) if w.startswith("tesseract-ocr")}
+            installed |= set(shlex.split(run.value)) & wanted
     assert wanted <= installed, f"missing: {wanted - installed}"
 
 
