@@ -21,6 +21,7 @@ import yaml
 
 from service.cli import main as pagelane_cli
 from service.settings import Settings
+from tasks.app import celery_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -56,6 +57,26 @@ def allowed_series_names() -> set[str]:
         else:
             names.add(name)
     return names
+
+
+def routed_queues() -> set[str]:
+    """Every Celery queue the app sends to: the default queue, the task routes' queues and the
+    queues beat's entries name (tasks/app.py). Each needs a worker that consumes it."""
+    # The defaults, unvalidated: routing does not depend on the environment's settings.
+    config = celery_config(Settings.model_construct(redis_url="redis://localhost:6379/0"))
+    queues = {config["task_default_queue"]}
+    queues |= {route["queue"] for route in config["task_routes"].values()}
+    for entry in config["beat_schedule"].values():
+        if "queue" in entry.get("options", {}):
+            queues.add(entry["options"]["queue"])
+    return queues
+
+
+def worker_queues(args: list[str]) -> set[str]:
+    """The queues `pagelane worker ARGS` consumes (the command's own default when not given)."""
+    role, params = parse_pagelane_args(args)
+    assert role == "worker", args
+    return set(params["queues"].split(","))
 
 
 # --- strict YAML --------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from service.settings import load_settings
-from tasks.app import QUEUE_ITEMS
+from service.settings import Settings, load_settings
+from tasks.app import QUEUE_ITEMS, QUEUE_QUOTES, QUEUE_SWEEPS, QUEUE_WEBHOOKS
+from tasks.webhooks import DELIVER_BUDGET_SECONDS
 from tests.deploy.support import (
     COMPOSE_FILE,
     DEPLOY,
@@ -24,8 +25,10 @@ from tests.deploy.support import (
     interpolate,
     load_yaml,
     parse_pagelane_args,
+    routed_queues,
     settings_env_names,
     unknown_settings,
+    worker_queues,
 )
 
 # What an operator puts in deploy/.env: the required secrets only.
@@ -35,7 +38,7 @@ SECRETS = {
     "MINIO_ROOT_PASSWORD": "minio-secret",
     "FLOWER_BASIC_AUTH": "admin:flower-secret",
 }
-PAGELANE_SERVICES = {"migrate", "api", "worker", "beat", "flower"}
+PAGELANE_SERVICES = {"migrate", "api", "worker", "webhooks", "beat", "flower"}
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +150,7 @@ def test_every_role_runs_a_real_pagelane_command(compose: dict[str, Any]) -> Non
         "migrate": "db upgrade",
         "api": "api",
         "worker": "worker",
+        "webhooks": "worker",
         "beat": "beat",
         "flower": "flower",
     }
@@ -196,7 +200,7 @@ def test_start_order(compose: dict[str, Any]) -> None:
                 pytest.fail(f"{name} -> {dependency}: use a health or completion condition")
     migrate = all_services["migrate"]["depends_on"]
     assert migrate == {"postgres": {"condition": "service_healthy"}}
-    for role in ("api", "worker", "beat"):
+    for role in ("api", "worker", "webhooks", "beat"):
         deps = all_services[role]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["createbucket"]["condition"] == "service_completed_successfully"
@@ -217,10 +221,48 @@ def test_workers_scale_and_shut_down_warm(compose: dict[str, Any]) -> None:
     worker = services(compose)["worker"]
     assert "container_name" not in worker and "ports" not in worker, "--scale worker=N"
     _, params = parse_pagelane_args(worker["command"])
-    assert QUEUE_ITEMS in params["queues"].split(",")
+    # Extraction, beat's sweeps and dry-run quotes; never the webhooks (their own service).
+    assert worker_queues(worker["command"]) == {QUEUE_ITEMS, QUEUE_SWEEPS, QUEUE_QUOTES}
     limit = int(compose["x-pagelane-env"]["PAGELANE_TASK_TIME_LIMIT_SECONDS"])
     assert seconds(worker["stop_grace_period"]) >= limit + 60
     assert int(worker["deploy"]["resources"]["limits"]["cpus"]) == params["concurrency"]
+
+
+def test_webhooks_worker_runs_apart_and_shuts_down_warm(compose: dict[str, Any]) -> None:
+    webhooks = services(compose)["webhooks"]
+    assert "container_name" not in webhooks and "ports" not in webhooks, "--scale webhooks=N"
+    _, params = parse_pagelane_args(webhooks["command"])
+    assert worker_queues(webhooks["command"]) == {QUEUE_WEBHOOKS}
+    # I/O-bound: more children than its CPU limit.
+    assert params["concurrency"] > float(webhooks["deploy"]["resources"]["limits"]["cpus"])
+    # Its own Celery node name (as `pagelane up`), which the healthcheck reads from PID 1.
+    assert params["hostname"] == "webhooks@%h"
+    assert webhooks["healthcheck"]["test"][3] == "worker"
+    # No metrics endpoint: the pagelane-worker scrape job and its alerts are the extraction
+    # workers'.
+    assert webhooks["environment"]["PAGELANE_WORKER_METRICS_PORT"] == "0"
+    # A sender runs for its budget plus one attempt's timeout before it stops.
+    timeout = float(
+        compose["x-pagelane-env"].get(
+            "PAGELANE_WEBHOOK_TIMEOUT_SECONDS",
+            Settings.model_fields["webhook_timeout_seconds"].default,
+        )
+    )
+    assert seconds(webhooks["stop_grace_period"]) >= DELIVER_BUDGET_SECONDS + timeout + 10
+
+
+def test_every_routed_queue_has_a_consumer(compose: dict[str, Any]) -> None:
+    routed = routed_queues()
+    assert routed == {QUEUE_ITEMS, QUEUE_SWEEPS, QUEUE_QUOTES, QUEUE_WEBHOOKS}
+    consumed: dict[str, set[str]] = {}
+    for name, service in pagelane_services(compose).items():
+        if parse_pagelane_args(service["command"])[0] == "worker":
+            consumed[name] = worker_queues(service["command"])
+    missing = routed - set().union(*consumed.values())
+    assert not missing, f"no worker consumes {missing}"
+    # Webhook deliveries never share a worker with extraction.
+    for name, queues in consumed.items():
+        assert not (QUEUE_WEBHOOKS in queues and QUEUE_ITEMS in queues), name
 
 
 def test_exactly_one_beat(compose: dict[str, Any]) -> None:

@@ -13,8 +13,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from service.settings import load_settings
-from tasks.app import QUEUE_ITEMS, QUEUE_SWEEPS
+from service.settings import Settings, load_settings
+from tasks.app import QUEUE_ITEMS, QUEUE_QUOTES, QUEUE_SWEEPS, QUEUE_WEBHOOKS
+from tasks.webhooks import DELIVER_BUDGET_SECONDS
 from tests.deploy.support import (
     K8S,
     KUSTOMIZATION_NAMES,
@@ -24,7 +25,9 @@ from tests.deploy.support import (
     load_yaml_all,
     parse_pagelane_args,
     pod_spec,
+    routed_queues,
     unknown_settings,
+    worker_queues,
 )
 
 OVERLAY = K8S / "overlays" / "example"
@@ -64,10 +67,23 @@ def role_of(container: dict[str, Any]) -> str:
     return parse_pagelane_args(container["args"])[0]
 
 
-def deployment_for_role(built: Built, role: str) -> dict[str, Any]:
-    matches = [r for r, c in pagelane_containers(built) if role_of(c) == role]
-    assert len(matches) == 1, f"{len(matches)} workloads run `pagelane {role}`"
+def deployment_for_role(built: Built, role: str, queue: str | None = None) -> dict[str, Any]:
+    """The one workload that runs `pagelane ROLE` (for workers: the one consuming QUEUE)."""
+    matches = [
+        r
+        for r, c in pagelane_containers(built)
+        if role_of(c) == role and (queue is None or queue in worker_queues(c["args"]))
+    ]
+    assert len(matches) == 1, f"{len(matches)} workloads run `pagelane {role}` ({queue})"
     return matches[0]
+
+
+def extraction_worker(built: Built) -> dict[str, Any]:
+    return deployment_for_role(built, "worker", QUEUE_ITEMS)
+
+
+def webhooks_worker(built: Built) -> dict[str, Any]:
+    return deployment_for_role(built, "worker", QUEUE_WEBHOOKS)
 
 
 def clean(resource: dict[str, Any]) -> dict[str, Any]:
@@ -337,7 +353,7 @@ def test_api_probes_and_drain(overlay: Built) -> None:
 
 
 def test_worker_grace_period_covers_an_item(overlay: Built) -> None:
-    worker = deployment_for_role(overlay, "worker")
+    worker = extraction_worker(overlay)
     config = overlay.find("ConfigMap", "pagelane-config")
     assert config is not None
     limit = int(config["data"]["PAGELANE_TASK_TIME_LIMIT_SECONDS"])
@@ -345,17 +361,102 @@ def test_worker_grace_period_covers_an_item(overlay: Built) -> None:
     assert grace >= limit + 60, f"{grace} s < task hard limit {limit} s + 60 s"
 
 
-def test_worker_consumes_both_queues_one_child_per_core(overlay: Built) -> None:
-    worker = deployment_for_role(overlay, "worker")
+def test_worker_consumes_its_three_queues_one_child_per_core(overlay: Built) -> None:
+    worker = extraction_worker(overlay)
     container = worker["spec"]["template"]["spec"]["containers"][0]
     _, params = parse_pagelane_args(container["args"])
-    assert set(params["queues"].split(",")) == {QUEUE_ITEMS, QUEUE_SWEEPS}
+    # Extraction, beat's sweeps and dry-run quotes; never the webhooks (their own deployment).
+    assert worker_queues(container["args"]) == {QUEUE_ITEMS, QUEUE_SWEEPS, QUEUE_QUOTES}
     assert cpu_cores(container["resources"]["requests"]["cpu"]) == params["concurrency"]
     probe = container["livenessProbe"]["exec"]["command"]
     assert probe[:3] == ["/opt/venv/bin/python", "/opt/pagelane/healthcheck.py", "worker"]
     # Ten minutes of failed pings before a restart: a short Redis blip restarts nothing.
     liveness = container["livenessProbe"]
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 600
+
+
+def test_webhooks_worker_consumes_only_webhooks(overlay: Built) -> None:
+    webhooks = webhooks_worker(overlay)
+    spec = webhooks["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    _, params = parse_pagelane_args(container["args"])
+    assert worker_queues(container["args"]) == {QUEUE_WEBHOOKS}
+    # Its own component: nothing that selects the extraction workers selects these pods.
+    labels = webhooks["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "webhooks"
+    worker_labels = extraction_worker(overlay)["spec"]["selector"]["matchLabels"]
+    assert not worker_labels.items() <= labels.items()
+    # I/O-bound: more children than the (small) CPU request.
+    assert cpu_cores(container["resources"]["requests"]["cpu"]) < params["concurrency"]
+    assert cpu_cores(container["resources"]["requests"]["cpu"]) <= 0.5
+    assert params["hostname"] == "webhooks@%h"
+    probe = container["livenessProbe"]["exec"]["command"]
+    assert probe[:3] == ["/opt/venv/bin/python", "/opt/pagelane/healthcheck.py", "worker"]
+    env = container_environment(overlay, container)
+    assert env["PAGELANE_WORKER_METRICS_PORT"] == "0"
+    assert "prometheus.io/scrape" not in webhooks["spec"]["template"]["metadata"].get(
+        "annotations", {}
+    )
+    # Warm shutdown covers a sender: its budget plus one attempt's timeout, plus a margin.
+    timeout = float(
+        env.get(
+            "PAGELANE_WEBHOOK_TIMEOUT_SECONDS",
+            Settings.model_fields["webhook_timeout_seconds"].default,
+        )
+    )
+    grace = spec["terminationGracePeriodSeconds"]
+    assert grace >= DELIVER_BUDGET_SECONDS + timeout + 10, grace
+    # Its own disruption budget, which never blocks a drain.
+    pdb = overlay.find("PodDisruptionBudget", webhooks["metadata"]["name"])
+    assert pdb is not None
+    assert pdb["spec"]["selector"]["matchLabels"] == webhooks["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["maxUnavailable"] >= 1
+
+
+def test_every_routed_queue_has_a_consumer(overlay: Built) -> None:
+    routed = routed_queues()
+    assert routed == {QUEUE_ITEMS, QUEUE_SWEEPS, QUEUE_QUOTES, QUEUE_WEBHOOKS}
+    consumed: set[str] = set()
+    for resource, container in pagelane_containers(overlay):
+        if role_of(container) == "worker":
+            queues = worker_queues(container["args"])
+            consumed |= queues
+            name = resource["metadata"]["name"]
+            # Webhook deliveries never share a worker with extraction.
+            assert not (QUEUE_WEBHOOKS in queues and QUEUE_ITEMS in queues), name
+    assert not routed - consumed, f"no worker consumes {routed - consumed}"
+
+
+@pytest.mark.parametrize("component", ["worker-keda", "worker-hpa"])
+def test_the_items_autoscaler_scales_only_the_extraction_worker(component: str) -> None:
+    built = build(OVERLAY)
+    # Swap the overlay's autoscaler for this one, so both alternatives are checked.
+    built.resources = [
+        r
+        for r in built.resources
+        if r["kind"] not in ("HorizontalPodAutoscaler", "ScaledObject")
+        or r["spec"]["scaleTargetRef"]["name"] != "pagelane-worker"
+    ] + [
+        r
+        for r in build(COMPONENTS / component).resources
+        if r["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
+    ]
+    webhooks = webhooks_worker(built)
+    scalers = [
+        r
+        for r in built.of_kind("HorizontalPodAutoscaler") + built.of_kind("ScaledObject")
+        if r["spec"]["scaleTargetRef"]["name"] != "pagelane-api"
+    ]
+    assert scalers, component
+    for scaler in scalers:
+        assert scaler["spec"]["scaleTargetRef"]["name"] != webhooks["metadata"]["name"]
+        target = built.find("Deployment", scaler["spec"]["scaleTargetRef"]["name"])
+        assert target is not None
+        (container,) = target["spec"]["template"]["spec"]["containers"]
+        assert QUEUE_ITEMS in worker_queues(container["args"])
+        assert QUEUE_WEBHOOKS not in worker_queues(container["args"])
+    # Not autoscaled: a fixed replica count, at least one.
+    assert webhooks["spec"]["replicas"] >= 1
 
 
 def cpu_cores(quantity: str | int) -> float:
@@ -433,6 +534,11 @@ def test_singletons_have_no_disruption_budget(overlay: Built) -> None:
     for role in ("beat", "flower"):
         labels = deployment_for_role(overlay, role)["spec"]["selector"]["matchLabels"]
         assert json.dumps(labels, sort_keys=True) not in guarded, f"{role}: it would block drains"
-    for role in ("api", "worker"):
-        labels = deployment_for_role(overlay, role)["spec"]["selector"]["matchLabels"]
-        assert json.dumps(labels, sort_keys=True) in guarded, f"{role} needs a budget"
+    for deployment in (
+        deployment_for_role(overlay, "api"),
+        extraction_worker(overlay),
+        webhooks_worker(overlay),
+    ):
+        labels = deployment["spec"]["selector"]["matchLabels"]
+        name = deployment["metadata"]["name"]
+        assert json.dumps(labels, sort_keys=True) in guarded, f"{name} needs a budget"
