@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pagelane._sync.client import ChangeFeed, Client
+from pagelane._sync.client import ChangeFeed, Client, EventStream
 from pagelane._version import __version__
 from pagelane.config import RetryPolicy
 from pagelane.errors import ApiError, ConfigurationError, PagelaneConnectionError, PagelaneError
@@ -22,18 +22,22 @@ from pagelane.models import (
     BatchList,
     BatchOptions,
     Chunk,
+    Event,
     ExtractedFile,
     ExtractResult,
     File,
     FileSpec,
     ItemError,
+    Quote,
+    QuoteItem,
+    QuoteTotals,
     UploadInstructions,
 )
 from pagelane.protocol import RetryNotice
 
 # The async client loads on first use: the `pagelane` command and sync scripts never need it,
 # and every command starts faster without it.
-_LAZY = {"AsyncClient", "AsyncChangeFeed"}
+_LAZY = {"AsyncClient", "AsyncChangeFeed", "AsyncEventStream"}
 
 
 def __getattr__(name: str) -> Any:
@@ -45,12 +49,13 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from pagelane._async.client import AsyncChangeFeed, AsyncClient
+    from pagelane._async.client import AsyncChangeFeed, AsyncClient, AsyncEventStream
 
 __all__ = [
     "ApiError",
     "AsyncChangeFeed",
     "AsyncClient",
+    "AsyncEventStream",
     "Batch",
     "BatchCounts",
     "BatchItem",
@@ -60,6 +65,8 @@ __all__ = [
     "Chunk",
     "Client",
     "ConfigurationError",
+    "Event",
+    "EventStream",
     "ExtractResult",
     "ExtractedFile",
     "File",
@@ -67,6 +74,9 @@ __all__ = [
     "ItemError",
     "PagelaneConnectionError",
     "PagelaneError",
+    "Quote",
+    "QuoteItem",
+    "QuoteTotals",
     "RetryNotice",
     "RetryPolicy",
     "UploadInstructions",

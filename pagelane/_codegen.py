@@ -34,16 +34,20 @@ NAMES = {
     "AsyncBatches": "Batches",
     "AsyncChangeFeed": "ChangeFeed",
     "AsyncResults": "Results",
+    "AsyncQuotes": "Quotes",
+    "AsyncEventStream": "EventStream",
     "AsyncBaseTransport": "BaseTransport",  # httpx
     "aclose": "close",
     "aread": "read",
     "aiter_bytes": "iter_bytes",
+    "aiter_lines": "iter_lines",
     "asyncio": "time",  # asyncio.sleep → time.sleep
 }
 # What is not a name, applied to the source before the names: (pattern, replacement).
 SUBS = [
     (r"^import asyncio\n", ""),  # `time` is imported already
     (r"Awaitable\[([\w.]+)\]", r"\1"),  # Callable[..., Awaitable[X]] → Callable[..., X]
+    (r"AsyncGenerator\[(\w+), None\]", r"Generator[\1, None, None]"),  # 3 parameters
 ]
 RUFF_FIXES = "I,F401,UP028"  # import order, imports left unused, `for x in y: yield x`
 

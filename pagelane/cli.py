@@ -11,9 +11,11 @@ errors; 130 interrupted by Ctrl-C (a `run` can be resumed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path, PurePosixPath
@@ -28,9 +30,11 @@ from pagelane.progress import make_reporter
 from pagelane.protocol import RetryNotice
 from pagelane.runner import (
     ERRORS_FILENAME,
+    QuoteReport,
     RunFailedError,
     RunInterruptedError,
     RunPlan,
+    quote_folder,
     run_folder,
 )
 from pagelane.state import StateError, json_line, write_atomically
@@ -129,9 +133,10 @@ def _batch_options(
 @click.option(
     "--out",
     "-o",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Results go to OUT/<relative path>.json, failures to OUT/errors.jsonl.",
+    help="Results go to OUT/<relative path>.json, failures to OUT/errors.jsonl "
+    "(required, except with --quote).",
 )
 @click.option(
     "--include", multiple=True, metavar="GLOB", help="Only matching files (repeatable): '*.pdf'."
@@ -149,6 +154,23 @@ def _batch_options(
 @click.option(
     "--cancel-on-interrupt", is_flag=True, help="On Ctrl-C cancel the batches instead of pausing."
 )
+@click.option(
+    "--quote",
+    is_flag=True,
+    help="Upload and print what the run would cost (pages, OCR pages, predicted errors); "
+    "submit nothing.",
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Retry the failed and cancelled files of the previous run into OUT (a retry batch).",
+)
+@click.option(
+    "--poll",
+    "poll_only",
+    is_flag=True,
+    help="Poll the change feed instead of following the event stream.",
+)
 @json_option
 @api_url_option
 @click.pass_context
@@ -165,14 +187,38 @@ def run(
     no_images: bool,
     poll_interval: float,
     cancel_on_interrupt: bool,
+    quote: bool,
+    retry_failed: bool,
+    poll_only: bool,
     as_json: bool,
     api_url: str | None,
 ) -> None:
     """Process every file under DIR: upload, extract, download the results to OUT.
 
     Hidden files are skipped. Rerunning the same command resumes: nothing already uploaded is
-    sent again, no batch is submitted twice, and only missing results are downloaded.
+    sent again, no batch is submitted twice, and only missing results are downloaded. With
+    --quote, upload and print the quote (nothing is submitted); with --retry-failed, the
+    previous run's failures are retried.
     """
+    if out is None and not quote:
+        raise click.UsageError("Missing option '--out' / '-o'.")
+    if quote and retry_failed:
+        raise click.UsageError("--quote and --retry-failed do not go together.")
+    if quote:
+        _quote_run(
+            source,
+            out,
+            include,
+            concurrency,
+            ocr,
+            languages,
+            no_tables,
+            no_images,
+            as_json,
+            api_url,
+        )
+        return
+    assert out is not None
     plan = RunPlan(
         source=source.resolve(),
         out=out.resolve(),
@@ -182,6 +228,8 @@ def run(
         batch_options=_batch_options(ocr, languages, no_tables, no_images),
         poll_interval=poll_interval,
         cancel_on_interrupt=cancel_on_interrupt,
+        follow_events=not poll_only,
+        retry_failed=retry_failed,
     )
     reporter = make_reporter(sys.stderr if as_json else sys.stdout)
     try:
@@ -220,6 +268,102 @@ def run(
     # of a short run; everything of ours is already closed and saved, so skip that walk.
     gc.freeze()
     ctx.exit(summary.exit_code)
+
+
+def _quote_run(
+    source: Path,
+    out: Path | None,
+    include: tuple[str, ...],
+    concurrency: int,
+    ocr: str | None,
+    languages: str | None,
+    no_tables: bool,
+    no_images: bool,
+    as_json: bool,
+    api_url: str | None,
+) -> None:
+    """`pagelane run --quote`: upload as a run would, print the quote, submit nothing."""
+    with contextlib.ExitStack() as stack:
+        if out is None:  # the uploads' state is only kept when OUT is given
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pagelane-q-")))
+        plan = RunPlan(
+            source=source.resolve(),
+            out=out.resolve(),
+            includes=include,
+            concurrency=concurrency,
+            batch_options=_batch_options(ocr, languages, no_tables, no_images),
+        )
+        reporter = make_reporter(sys.stderr)
+        try:
+            with Client(
+                base_url=api_url,
+                on_retry=lambda notice: reporter.note(_retry_message(notice)),
+                max_connections=concurrency + 4,
+            ) as client:
+                report = quote_folder(client, plan, reporter)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except (ConfigurationError, StateError, RunFailedError) as exc:
+            _fail(str(exc))
+        except (PagelaneConnectionError, ApiError) as exc:
+            _fail(str(exc))
+    if as_json:
+        body = report.quote.model_dump(mode="json")
+        for item in body.get("items", []):
+            item["path"] = report.paths.get(item["file_id"])
+        click.echo(json.dumps(body, indent=2))
+        return
+    _print_quote(report)
+
+
+def _print_quote(report: QuoteReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    quote = report.quote
+    table = Table(title=f"quote {quote.id}", title_justify="left")
+    table.add_column("file")
+    table.add_column("pages", justify="right")
+    table.add_column("OCR pages", justify="right")
+    table.add_column("predicted error")
+    for item in sorted(quote.items, key=lambda i: report.paths.get(i.file_id, i.file_id)):
+        table.add_row(
+            report.paths.get(item.file_id, item.file_id),
+            _count(item.page_count),
+            _count(item.ocr_pages),
+            item.predicted_error or "",
+        )
+    for relative, error in sorted(report.rejected.items()):
+        table.add_row(relative, "", "", f"{error.code} (not uploaded)")
+    totals = quote.totals
+    if totals is not None:
+        table.add_section()
+        failures = totals.predicted_failures + len(report.rejected)
+        table.add_row(
+            f"total: {len(quote.items) + len(report.rejected)} files",
+            str(totals.pages),
+            str(totals.ocr_pages),
+            f"{failures} predicted to fail" if failures else "",
+        )
+    console = Console(width=max(100, Console().width), soft_wrap=False)
+    console.print(table)
+    if totals is not None:
+        quota = "unlimited" if totals.quota_remaining is None else str(totals.quota_remaining)
+        fits = "fits" if totals.fits_quota else "does NOT fit"
+        estimate = (
+            f"; estimated {totals.estimated_seconds:.0f} s"
+            if totals.estimated_seconds is not None
+            else ""
+        )
+        console.print(
+            f"billable pages: {totals.billable_pages} (quota remaining: {quota}, {fits}){estimate}"
+        )
+    console.print("nothing was submitted; run without --quote to process the folder")
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 # --- submit, status, wait, cancel --------------------------------------------------------------
@@ -344,6 +488,32 @@ def cancel(batch_id: str, as_json: bool, api_url: str | None) -> None:
         _echo_json(batch)
     else:
         click.echo(_status_line(batch))
+
+
+@click.command(cls=ClientCommand)
+@click.argument("batch_id", metavar="BATCH")
+@click.option("--include-cancelled", is_flag=True, help="Retry the batch's cancelled items too.")
+@click.option("--idempotency-key", default=None, help="Make a repeated retry return one batch.")
+@json_option
+@api_url_option
+def retry(
+    batch_id: str,
+    include_cancelled: bool,
+    idempotency_key: str | None,
+    as_json: bool,
+    api_url: str | None,
+) -> None:
+    """Submit a new batch of BATCH's retryable failures; prints the new batch's id."""
+    batch = _with_client(
+        api_url,
+        lambda client: client.batches.retry(
+            batch_id, include_cancelled=include_cancelled, idempotency_key=idempotency_key
+        ),
+    )
+    if as_json:
+        _echo_json(batch)
+    else:
+        click.echo(batch.id)
 
 
 # --- download ----------------------------------------------------------------------------------
@@ -568,7 +738,7 @@ def cli() -> None:
     """
 
 
-for _command in (run, submit, status, wait, download, cancel):
+for _command in (run, submit, status, wait, download, cancel, retry):
     cli.add_command(_command)
 
 _plugins_loaded = False

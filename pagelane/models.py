@@ -138,6 +138,7 @@ class Batch(Resource):
     cancel_requested_at: str | None = None
     expires_at: str | None = None
     pages_billed: int = 0
+    parent_batch_id: str | None = None  # a retry's parent (pagelane extension)
     items: list[BatchItem] | None = None  # a page of changed items (GET and create only)
     next_cursor: str | None = None
 
@@ -150,6 +151,69 @@ class BatchList(Resource):
     object: str = "list"
     data: list[Batch]
     next_cursor: str | None = None
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+class Event(Resource):
+    """One event of a batch's log (SPEC "Events"): ``data`` is the item resource for
+    ``item.*`` and the batch resource (without items) for ``batch.*``."""
+
+    id: str
+    object: str = "event"
+    type: str
+    seq: int
+    created_at: str | None = None
+    batch_id: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def item(self) -> BatchItem | None:
+        """``data`` as a :class:`BatchItem` for ``item.*`` events, else ``None``."""
+        return BatchItem.model_validate(self.data) if self.type.startswith("item.") else None
+
+    @property
+    def batch(self) -> Batch | None:
+        """``data`` as a :class:`Batch` for ``batch.*`` events, else ``None``."""
+        return Batch.model_validate(self.data) if self.type.startswith("batch.") else None
+
+
+# --- quotes ----------------------------------------------------------------------------------
+
+
+class QuoteItem(Resource):
+    file_id: str
+    page_count: int | None = None
+    ocr_pages: int | None = None
+    predicted_error: str | None = None
+
+
+class QuoteTotals(Resource):
+    pages: int = 0
+    billable_pages: int = 0
+    ocr_pages: int = 0
+    predicted_failures: int = 0
+    quota_remaining: int | None = None  # None: unlimited
+    fits_quota: bool = True
+    estimated_seconds: float | None = None
+
+
+class Quote(Resource):
+    """A dry run of a batch (``POST /v1/quotes``): pages, OCR pages and predicted errors."""
+
+    id: str
+    object: str = "quote"
+    status: str
+    file_count: int = 0
+    items: list[QuoteItem] = Field(default_factory=list)
+    totals: QuoteTotals | None = None
+    created_at: str | None = None
+    completed_at: str | None = None
+
+    @property
+    def is_complete(self) -> bool:
+        return self.status == "completed"
 
 
 # --- results ---------------------------------------------------------------------------------

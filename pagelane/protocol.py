@@ -20,7 +20,7 @@ import httpx
 
 from pagelane.config import RetryPolicy
 from pagelane.errors import ApiError
-from pagelane.models import Batch, BatchList, BatchOptions, File, FileSpec, as_options
+from pagelane.models import Batch, BatchList, BatchOptions, File, FileSpec, Quote, as_options
 
 T = TypeVar("T")
 
@@ -222,6 +222,101 @@ def list_batches(
 
 def cancel_batch(batch_id: str) -> ApiCall[Batch]:
     return ApiCall("POST", f"/v1/batches/{batch_id}/cancel", _batch)
+
+
+def retry_batch(batch_id: str, *, include_cancelled: bool, idempotency_key: str) -> ApiCall[Batch]:
+    return ApiCall(
+        "POST",
+        f"/v1/batches/{batch_id}/retry",
+        _batch,
+        json={"include_cancelled": include_cancelled},
+        headers={"Idempotency-Key": idempotency_key},
+        success=frozenset({200, 201}),
+    )
+
+
+def delete_batch(batch_id: str) -> ApiCall[None]:
+    return ApiCall("DELETE", f"/v1/batches/{batch_id}", _nothing, success=frozenset({204}))
+
+
+def delete_file(file_id: str) -> ApiCall[None]:
+    return ApiCall("DELETE", f"/v1/files/{file_id}", _nothing, success=frozenset({204}))
+
+
+def _nothing(response: httpx.Response) -> None:
+    return None
+
+
+def _quote(response: httpx.Response) -> Quote:
+    return Quote.model_validate(response.json())
+
+
+def create_quote(
+    file_ids: Sequence[str], *, options: BatchOptions | dict[str, Any] | None
+) -> ApiCall[Quote]:
+    body: dict[str, Any] = {"file_ids": list(file_ids)}
+    if (opts := as_options(options)) is not None:
+        body["options"] = opts
+    return ApiCall("POST", "/v1/quotes", _quote, json=body, success=frozenset({200, 201}))
+
+
+def get_quote(quote_id: str) -> ApiCall[Quote]:
+    return ApiCall("GET", f"/v1/quotes/{quote_id}", _quote)
+
+
+# --- Server-Sent Events ----------------------------------------------------------------------
+
+# Statuses after which reconnecting to an event stream cannot help: the key, the batch or the
+# resume point is wrong. Everything else (429, 5xx, a dropped connection) is waited out.
+EVENT_STREAM_FATAL = frozenset({400, 401, 403, 404, 410, 422})
+DEFAULT_SSE_RETRY_SECONDS = 1.0
+
+
+def events_path(batch_id: str) -> str:
+    return f"/v1/batches/{batch_id}/events"
+
+
+@dataclass
+class SseMessage:
+    id: str | None
+    event: str
+    data: str
+
+
+class SseParser:
+    """Server-Sent Events, line by line (the WHATWG rules the server needs): ``field: value``
+    lines accumulate, a blank line dispatches, ``:`` lines are comments, ``retry:`` sets the
+    reconnection delay. A message cut off before its blank line is never dispatched, so a
+    dropped connection cannot hand out half an event."""
+
+    def __init__(self) -> None:
+        self.retry_seconds: float | None = None
+        self._id: str | None = None
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> SseMessage | None:
+        if not line:
+            if not self._data:
+                self._event = ""
+                self._id = None
+                return None
+            message = SseMessage(self._id, self._event or "message", "\n".join(self._data))
+            self._id, self._event, self._data = None, "", []
+            return message
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._id = value
+        elif name == "retry" and value.isdigit():
+            self.retry_seconds = int(value) / 1000
+        return None
 
 
 @dataclass(frozen=True)

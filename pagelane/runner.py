@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pagelane._sync.client import Client
-from pagelane.errors import ApiError
+from pagelane.errors import ApiError, PagelaneConnectionError
 from pagelane.models import (
     TERMINAL_BATCH_STATUSES,
     TERMINAL_ITEM_STATUSES,
@@ -52,6 +52,7 @@ from pagelane.models import (
     File,
     FileSpec,
     ItemError,
+    Quote,
     sha256_of_file,
 )
 from pagelane.progress import Reporter, RunProgress
@@ -93,6 +94,11 @@ class RunPlan:
     batch_options: dict[str, Any] = field(default_factory=dict)
     poll_interval: float = 1.0
     cancel_on_interrupt: bool = False
+    # Follow each batch's event stream (page-level progress) when the server offers one;
+    # False, a 404 or a connection error: poll the change feed.
+    follow_events: bool = True
+    # Before following: turn the failures of the batches recorded in OUT into retry batches.
+    retry_failed: bool = False
 
     def resume_command(self) -> str:
         """The command line that resumes this run."""
@@ -205,6 +211,52 @@ def run_folder(client: Client, plan: RunPlan, reporter: Reporter) -> RunSummary:
     return run.summary()
 
 
+@dataclass
+class QuoteReport:
+    """A quote of a folder: the server's answer and the relative path of each quoted file."""
+
+    quote: Quote
+    paths: dict[str, str]  # file id -> relative path
+    rejected: dict[str, ItemError]  # relative path -> why it was not even uploaded
+
+
+def quote_folder(client: Client, plan: RunPlan, reporter: Reporter) -> QuoteReport:
+    """Scan and upload as :func:`run_folder` does (recorded in OUT's state, so a later run of
+    the same folder does not upload again), then ask for a quote of the uploaded files and
+    wait for it. Nothing is submitted, extracted or billed."""
+    plan.out.mkdir(parents=True, exist_ok=True)
+    store = StateStore.open(
+        plan.out, api_url=client.base_url, source=plan.source, options=plan.batch_options
+    )
+    workers = DaemonWorkers(plan.concurrency)
+    run = _Run(client, plan, store, reporter, workers)
+    reporter.start()
+    try:
+        files = scan_folder(plan.source, plan.includes, skip=[plan.out])
+        run.reconcile(files)
+        run.upload_phase()
+    finally:
+        workers.stop()
+        store.save()
+        reporter.update(run.progress)
+        reporter.stop()
+    paths = {
+        entry.file_id: rel
+        for rel, entry in sorted(store.state.files.items())
+        if entry.uploaded and entry.file_id and not entry.rejected
+    }
+    rejected = {
+        rel: entry.error
+        for rel, entry in store.state.files.items()
+        if entry.error is not None and (entry.rejected or not entry.uploaded)
+    }
+    if not paths:
+        raise RunFailedError("nothing to quote: no file of the folder could be uploaded")
+    quote = client.quotes.create(list(paths), options=plan.batch_options or None)
+    quote = client.quotes.wait(quote.id, poll_interval=min(plan.poll_interval, 0.5))
+    return QuoteReport(quote, paths, rejected)
+
+
 class DaemonWorkers:
     """``size`` daemon threads running submitted calls, each answered through a Future.
 
@@ -290,6 +342,8 @@ class _Run:
                 break
         else:
             raise RunFailedError("the server keeps refusing the batch's files; see above")
+        if self.plan.retry_failed:
+            self.retry_failed()
         submitted = time.monotonic()
         self.phase_seconds["submit"] = submitted - started - self.phase_seconds["upload"]
         self.process_phase()
@@ -493,6 +547,61 @@ class _Run:
             self.note(f"submitted batch {created.id} ({len(batch.files)} files)")
         return True
 
+    def retry_failed(self) -> None:
+        """Ask the server to retry the failures of every finished batch of this run (its
+        retryable ones, and the cancelled items); the files it takes move to the new batch,
+        which the process phase then follows like any other."""
+        for batch in list(self.state.batches):
+            if batch.id is None or not batch.drained:
+                continue
+            failed = [
+                rel
+                for rel in batch.files
+                if (entry := self.state.files.get(rel)) is not None
+                and entry.status in ("failed", "cancelled")
+            ]
+            if not failed:
+                continue
+            try:
+                child = self.client.batches.retry(
+                    batch.id,
+                    include_cancelled=True,
+                    idempotency_key=f"pagelane-run-retry-{batch.id}",
+                )
+            except ApiError as exc:
+                if exc.code in ("nothing_to_retry", "not_found", "batch_not_found"):
+                    self.note(f"batch {batch.id}: nothing to retry ({exc.code})")
+                    continue
+                raise RunFailedError(f"the server refused to retry {batch.id}: {exc}") from exc
+            file_ids = self._child_file_ids(child.id)
+            moved = [rel for rel in failed if self.state.files[rel].file_id in file_ids]
+            for rel in moved:
+                entry = self.state.files[rel]
+                entry.status, entry.error, entry.item_id = None, None, None
+                self._pages_done.pop(rel, None)
+                batch.files.remove(rel)
+            self.state.batches.append(
+                BatchEntry(
+                    idempotency_key=f"pagelane-run-retry-{batch.id}",
+                    files=moved,
+                    id=child.id,
+                    status=child.status,
+                )
+            )
+            self.store.save()
+            self.note(f"retrying {len(moved)} failed files of {batch.id} as batch {child.id}")
+
+    def _child_file_ids(self, batch_id: str) -> set[str]:
+        file_ids: set[str] = set()
+        cursor: str | None = None
+        while True:
+            page = self.client.batches.get(batch_id, cursor=cursor, limit=500)
+            items = page.items or []
+            file_ids.update(item.file_id for item in items)
+            cursor = page.next_cursor or cursor
+            if len(items) < 500:
+                return file_ids
+
     def _requeue_refused(self, batch: BatchEntry, exc: ApiError) -> None:
         refused = set(exc.context.get("file_ids") or [])
         self.note(f"the server refused {len(refused)} files ({exc.code}); uploading them again")
@@ -556,6 +665,51 @@ class _Run:
                 self._errors_stream = None
 
     def _follow(self, batch: BatchEntry, by_file_id: dict[str, tuple[str, FileEntry]]) -> None:
+        if self.plan.follow_events and self._follow_events(batch, by_file_id):
+            return
+        self._poll(batch, by_file_id)
+
+    def _follow_events(
+        self, batch: BatchEntry, by_file_id: dict[str, tuple[str, FileEntry]]
+    ) -> bool:
+        """Follow the batch's event stream: every ``item.progress`` moves the page bar, each
+        terminal item event is recorded and downloaded at once. False when the server has no
+        stream (404 before the first event) or cannot be reached: poll instead. The change
+        feed's cursor is not moved, so polling later still sees every item."""
+        assert batch.id is not None
+        stream = self.client.batches.events(batch.id)
+        received = 0
+        try:
+            for event in stream:
+                received += 1
+                item = event.item
+                if item is not None:
+                    known = by_file_id.get(item.file_id)
+                    if known is not None:
+                        self._record(item, *known)
+                    self.store.touch()
+                elif event.type == "batch.completed" and event.batch is not None:
+                    batch.status = event.batch.status
+                self._collect(timeout=0)
+        except ApiError as exc:
+            if exc.status == 404 and received == 0:
+                return False
+            if exc.status in (404, 405, 501):
+                self.note(f"the event stream of {batch.id} failed ({exc}); polling instead")
+                return False
+            raise
+        except PagelaneConnectionError as exc:
+            self.note(f"the event stream of {batch.id} is unreachable ({exc}); polling instead")
+            return False
+        finally:
+            stream.close()
+        # The stream ended with batch.completed: every item's final event has been seen. One
+        # poll of the change feed settles the cursor and reports any item the stream's
+        # data could not place (it never should).
+        self._poll(batch, by_file_id)
+        return True
+
+    def _poll(self, batch: BatchEntry, by_file_id: dict[str, tuple[str, FileEntry]]) -> None:
         assert batch.id is not None
         # The feed's waits between polls are spent collecting finished downloads.
         feed = self.client.batches.iter_changes(

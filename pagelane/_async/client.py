@@ -15,7 +15,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,9 +38,11 @@ from pagelane.models import (
     BatchItem,
     BatchList,
     BatchOptions,
+    Event,
     ExtractResult,
     File,
     FileSpec,
+    Quote,
     UploadInstructions,
 )
 from pagelane.protocol import ApiCall, RetryNotice
@@ -93,6 +95,7 @@ class AsyncClient:
         self.files = AsyncFiles(self)
         self.batches = AsyncBatches(self)
         self.results = AsyncResults(self)
+        self.quotes = AsyncQuotes(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -223,6 +226,11 @@ class AsyncFiles:
         """The file; a finished PUT shows ``uploaded`` without any confirm call."""
         return await self._client.call(protocol.get_file(file_id))
 
+    async def delete(self, file_id: str) -> None:
+        """Delete the file and its bytes now; pending items that need it fail
+        ``upload_missing``. The file is 404 afterwards."""
+        await self._client.call(protocol.delete_file(file_id))
+
 
 class AsyncBatches:
     """``/v1/batches``: submit, poll, list and cancel."""
@@ -285,6 +293,33 @@ class AsyncBatches:
     async def cancel(self, batch_id: str) -> Batch:
         """Cancel the pending items; running ones finish. A terminal batch comes back as is."""
         return await self._client.call(protocol.cancel_batch(batch_id))
+
+    async def retry(
+        self,
+        batch_id: str,
+        *,
+        include_cancelled: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Batch:
+        """A new batch of the terminal batch's retryable failures (and its cancelled items
+        with ``include_cancelled``); it carries ``parent_batch_id``. 409 ``nothing_to_retry``
+        when there is none. A random ``idempotency_key`` makes the SDK's own retries safe."""
+        call = protocol.retry_batch(
+            batch_id,
+            include_cancelled=include_cancelled,
+            idempotency_key=idempotency_key or protocol.new_idempotency_key(),
+        )
+        return await self._client.call(call)
+
+    async def delete(self, batch_id: str) -> None:
+        """Delete a terminal batch, its items and result blobs now (409 while it runs)."""
+        await self._client.call(protocol.delete_batch(batch_id))
+
+    def events(self, batch_id: str, *, after: int | None = None) -> AsyncEventStream:
+        """The batch's events from the first (or from the one after seq ``after``) up to and
+        including ``batch.completed``, over Server-Sent Events; reconnects and resumes by
+        itself (``for`` / ``async for``; see :class:`AsyncEventStream`)."""
+        return AsyncEventStream(self._client, batch_id, after)
 
     async def wait(
         self, batch_id: str, *, poll_interval: float = 2.0, timeout: float | None = None
@@ -355,6 +390,148 @@ class AsyncChangeFeed(AsyncIterator[BatchItem]):
                 # often, up to poll_interval.
                 delay = quick if items else min(delay * 2, self._poll_interval)
                 await self.sleep(delay)
+
+
+class AsyncEventStream(AsyncIterator[Event]):
+    """A batch's events as they happen, from ``GET /v1/batches/{id}/events``; ends after
+    ``batch.completed``.
+
+    A dropped connection, or a stream the server ends early (it closes each one after a few
+    minutes), is reopened with ``Last-Event-ID`` set to the last event handed out, after the
+    server's ``retry:`` delay (1 s by default) or the retry policy's backoff, whichever is
+    longer: every event is seen once, in order. 429 and 5xx answers are waited out
+    (``Retry-After``); 401, 404, 422 raise :class:`ApiError`. Consecutive failed connections
+    beyond the policy's ``max_attempts`` raise :class:`PagelaneConnectionError` (or the last
+    ``ApiError``). ``last_id`` is the seq of the last event handed out (safe to persist and
+    pass as ``after``). Close it to end it early.
+    """
+
+    def __init__(self, client: AsyncClient, batch_id: str, after: int | None) -> None:
+        self.batch_id = batch_id
+        self.last_id: int | None = after
+        self.reconnects = 0
+        self._client = client
+        self._retry_seconds = protocol.DEFAULT_SSE_RETRY_SECONDS
+        self._events = self._follow()
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+    async def _follow(self) -> AsyncGenerator[Event, None]:
+        client = self._client
+        path = protocol.events_path(self.batch_id)
+        url = client.base_url + path
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            if self.last_id is not None:
+                headers["Last-Event-ID"] = str(self.last_id)
+            received = 0
+            try:
+                async with client._api.stream("GET", path, headers=headers) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        failures += 1
+                        delay = protocol.retry_delay(response, client.retry, failures)
+                        if (
+                            response.status_code in protocol.EVENT_STREAM_FATAL
+                            or delay is None
+                            or failures >= client.retry.max_attempts
+                        ):
+                            raise protocol.error_from_response(response)
+                        await client._wait("GET", url, failures, delay, response)
+                        continue
+                    parser = protocol.SseParser()
+                    async for line in response.aiter_lines():
+                        message = parser.feed(line)
+                        if parser.retry_seconds is not None:
+                            self._retry_seconds = parser.retry_seconds
+                        if message is None:
+                            continue
+                        event = Event.model_validate_json(message.data)
+                        self.last_id = event.seq
+                        received += 1
+                        failures = 0
+                        yield event
+                        if event.type == "batch.completed":
+                            return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures >= client.retry.max_attempts:
+                    raise PagelaneConnectionError(
+                        f"GET {url} failed after {failures} attempts: "
+                        f"{protocol.describe_transport_error(exc)}",
+                        method="GET",
+                        url=url,
+                    ) from exc
+                delay = max(self._retry_seconds, client.retry.backoff(failures))
+                await client._wait("GET", url, failures, delay, exc)
+                self.reconnects += 1
+                continue
+            # The server ended the stream before batch.completed (its time limit, a restart).
+            if received == 0 and self.last_id is not None:
+                # Nothing new: resumed after the end, or a quiet batch. Only a terminal
+                # batch's stream ends empty for good.
+                batch = await client.call(protocol.get_batch(self.batch_id, cursor=None, limit=1))
+                if batch.is_terminal and await self._completed_already():
+                    return
+            await client._sleep(self._retry_seconds)
+            self.reconnects += 1
+
+    async def _completed_already(self) -> bool:
+        """True when no event follows ``last_id``: asked once more, without waiting."""
+        client = self._client
+        headers = {"Accept": "text/event-stream", "Last-Event-ID": str(self.last_id)}
+        path = protocol.events_path(self.batch_id)
+        async with client._api.stream("GET", path, headers=headers) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return False
+            parser = protocol.SseParser()
+            async for line in response.aiter_lines():
+                if parser.feed(line) is not None:
+                    return False
+        return True
+
+
+class AsyncQuotes:
+    """``/v1/quotes``: what a batch of these files would cost, without extracting anything."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        file_ids: Sequence[str],
+        options: BatchOptions | Mapping[str, Any] | None = None,
+    ) -> Quote:
+        """Ask for a quote of uploaded files (``status`` ``pending`` until workers counted)."""
+        call = protocol.create_quote(
+            file_ids, options=dict(options) if isinstance(options, Mapping) else options
+        )
+        return await self._client.call(call)
+
+    async def get(self, quote_id: str) -> Quote:
+        return await self._client.call(protocol.get_quote(quote_id))
+
+    async def wait(
+        self, quote_id: str, *, poll_interval: float = 0.5, timeout: float | None = None
+    ) -> Quote:
+        """Poll until the quote is complete; raises ``TimeoutError`` after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            quote = await self.get(quote_id)
+            if quote.is_complete:
+                return quote
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"quote {quote_id} is still {quote.status} after {timeout} s")
+            await self._client._sleep(poll_interval)
 
 
 class AsyncResults:

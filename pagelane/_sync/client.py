@@ -16,7 +16,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,9 +39,11 @@ from pagelane.models import (
     BatchItem,
     BatchList,
     BatchOptions,
+    Event,
     ExtractResult,
     File,
     FileSpec,
+    Quote,
     UploadInstructions,
 )
 from pagelane.protocol import ApiCall, RetryNotice
@@ -94,6 +96,7 @@ class Client:
         self.files = Files(self)
         self.batches = Batches(self)
         self.results = Results(self)
+        self.quotes = Quotes(self)
 
     def __enter__(self) -> Client:
         return self
@@ -224,6 +227,11 @@ class Files:
         """The file; a finished PUT shows ``uploaded`` without any confirm call."""
         return self._client.call(protocol.get_file(file_id))
 
+    def delete(self, file_id: str) -> None:
+        """Delete the file and its bytes now; pending items that need it fail
+        ``upload_missing``. The file is 404 afterwards."""
+        self._client.call(protocol.delete_file(file_id))
+
 
 class Batches:
     """``/v1/batches``: submit, poll, list and cancel."""
@@ -280,6 +288,33 @@ class Batches:
     def cancel(self, batch_id: str) -> Batch:
         """Cancel the pending items; running ones finish. A terminal batch comes back as is."""
         return self._client.call(protocol.cancel_batch(batch_id))
+
+    def retry(
+        self,
+        batch_id: str,
+        *,
+        include_cancelled: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Batch:
+        """A new batch of the terminal batch's retryable failures (and its cancelled items
+        with ``include_cancelled``); it carries ``parent_batch_id``. 409 ``nothing_to_retry``
+        when there is none. A random ``idempotency_key`` makes the SDK's own retries safe."""
+        call = protocol.retry_batch(
+            batch_id,
+            include_cancelled=include_cancelled,
+            idempotency_key=idempotency_key or protocol.new_idempotency_key(),
+        )
+        return self._client.call(call)
+
+    def delete(self, batch_id: str) -> None:
+        """Delete a terminal batch, its items and result blobs now (409 while it runs)."""
+        self._client.call(protocol.delete_batch(batch_id))
+
+    def events(self, batch_id: str, *, after: int | None = None) -> EventStream:
+        """The batch's events from the first (or from the one after seq ``after``) up to and
+        including ``batch.completed``, over Server-Sent Events; reconnects and resumes by
+        itself (``for`` / ``async for``; see :class:`AsyncEventStream`)."""
+        return EventStream(self._client, batch_id, after)
 
     def wait(
         self, batch_id: str, *, poll_interval: float = 2.0, timeout: float | None = None
@@ -349,6 +384,148 @@ class ChangeFeed(Iterator[BatchItem]):
                 # often, up to poll_interval.
                 delay = quick if items else min(delay * 2, self._poll_interval)
                 self.sleep(delay)
+
+
+class EventStream(Iterator[Event]):
+    """A batch's events as they happen, from ``GET /v1/batches/{id}/events``; ends after
+    ``batch.completed``.
+
+    A dropped connection, or a stream the server ends early (it closes each one after a few
+    minutes), is reopened with ``Last-Event-ID`` set to the last event handed out, after the
+    server's ``retry:`` delay (1 s by default) or the retry policy's backoff, whichever is
+    longer: every event is seen once, in order. 429 and 5xx answers are waited out
+    (``Retry-After``); 401, 404, 422 raise :class:`ApiError`. Consecutive failed connections
+    beyond the policy's ``max_attempts`` raise :class:`PagelaneConnectionError` (or the last
+    ``ApiError``). ``last_id`` is the seq of the last event handed out (safe to persist and
+    pass as ``after``). Close it to end it early.
+    """
+
+    def __init__(self, client: Client, batch_id: str, after: int | None) -> None:
+        self.batch_id = batch_id
+        self.last_id: int | None = after
+        self.reconnects = 0
+        self._client = client
+        self._retry_seconds = protocol.DEFAULT_SSE_RETRY_SECONDS
+        self._events = self._follow()
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> Event:
+        return self._events.__next__()
+
+    def close(self) -> None:
+        self._events.close()
+
+    def _follow(self) -> Generator[Event, None, None]:
+        client = self._client
+        path = protocol.events_path(self.batch_id)
+        url = client.base_url + path
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            if self.last_id is not None:
+                headers["Last-Event-ID"] = str(self.last_id)
+            received = 0
+            try:
+                with client._api.stream("GET", path, headers=headers) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        failures += 1
+                        delay = protocol.retry_delay(response, client.retry, failures)
+                        if (
+                            response.status_code in protocol.EVENT_STREAM_FATAL
+                            or delay is None
+                            or failures >= client.retry.max_attempts
+                        ):
+                            raise protocol.error_from_response(response)
+                        client._wait("GET", url, failures, delay, response)
+                        continue
+                    parser = protocol.SseParser()
+                    for line in response.iter_lines():
+                        message = parser.feed(line)
+                        if parser.retry_seconds is not None:
+                            self._retry_seconds = parser.retry_seconds
+                        if message is None:
+                            continue
+                        event = Event.model_validate_json(message.data)
+                        self.last_id = event.seq
+                        received += 1
+                        failures = 0
+                        yield event
+                        if event.type == "batch.completed":
+                            return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures >= client.retry.max_attempts:
+                    raise PagelaneConnectionError(
+                        f"GET {url} failed after {failures} attempts: "
+                        f"{protocol.describe_transport_error(exc)}",
+                        method="GET",
+                        url=url,
+                    ) from exc
+                delay = max(self._retry_seconds, client.retry.backoff(failures))
+                client._wait("GET", url, failures, delay, exc)
+                self.reconnects += 1
+                continue
+            # The server ended the stream before batch.completed (its time limit, a restart).
+            if received == 0 and self.last_id is not None:
+                # Nothing new: resumed after the end, or a quiet batch. Only a terminal
+                # batch's stream ends empty for good.
+                batch = client.call(protocol.get_batch(self.batch_id, cursor=None, limit=1))
+                if batch.is_terminal and self._completed_already():
+                    return
+            client._sleep(self._retry_seconds)
+            self.reconnects += 1
+
+    def _completed_already(self) -> bool:
+        """True when no event follows ``last_id``: asked once more, without waiting."""
+        client = self._client
+        headers = {"Accept": "text/event-stream", "Last-Event-ID": str(self.last_id)}
+        path = protocol.events_path(self.batch_id)
+        with client._api.stream("GET", path, headers=headers) as response:
+            if response.status_code != 200:
+                response.read()
+                return False
+            parser = protocol.SseParser()
+            for line in response.iter_lines():
+                if parser.feed(line) is not None:
+                    return False
+        return True
+
+
+class Quotes:
+    """``/v1/quotes``: what a batch of these files would cost, without extracting anything."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(
+        self,
+        file_ids: Sequence[str],
+        options: BatchOptions | Mapping[str, Any] | None = None,
+    ) -> Quote:
+        """Ask for a quote of uploaded files (``status`` ``pending`` until workers counted)."""
+        call = protocol.create_quote(
+            file_ids, options=dict(options) if isinstance(options, Mapping) else options
+        )
+        return self._client.call(call)
+
+    def get(self, quote_id: str) -> Quote:
+        return self._client.call(protocol.get_quote(quote_id))
+
+    def wait(
+        self, quote_id: str, *, poll_interval: float = 0.5, timeout: float | None = None
+    ) -> Quote:
+        """Poll until the quote is complete; raises ``TimeoutError`` after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            quote = self.get(quote_id)
+            if quote.is_complete:
+                return quote
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"quote {quote_id} is still {quote.status} after {timeout} s")
+            self._client._sleep(poll_interval)
 
 
 class Results:

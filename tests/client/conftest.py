@@ -232,7 +232,8 @@ def live(
     ctx = build_context(live_settings)
     api = serve(create_app(live_settings, context=ctx, dispatcher=ctx.dispatcher))
     tmp = tmp_path_factory.mktemp("stack")
-    worker: Proc = start_worker(live_settings, tmp, concurrency=2)
+    # `quotes` too: `pagelane run --quote` and client.quotes need a worker that counts pages.
+    worker: Proc = start_worker(live_settings, tmp, concurrency=2, queues="items,sweeps,quotes")
     stack = LiveStack(live_settings, ctx, api, s3_server, tmp)
     yield stack
     worker.stop()
