@@ -45,7 +45,7 @@ class EngineConfig:
     tesseract_psm: int = 1
     tesseract_cmd: str = "tesseract"
     #: how Tesseract is called: "library" = its C++ API in-process through tesserocr (the model
-    #: is loaded once per process, no process start per page: ~1.3-1.5x the pages/s per core of
+    #: is loaded once per process, no process start per page: ~1.4x the pages/s per core of
     #: the bare command, bench/ocr_speed.py), "subprocess" = the ``tesseract`` command through
     #: pytesseract, "auto" = library when tesserocr is importable, else subprocess.
     tesseract_backend: str = "auto"

@@ -5,7 +5,7 @@ Two backends produce the same word table (Tesseract's TSV: words with boxes and 
 * ``library`` (chosen by ``tesseract_backend="auto"`` when tesserocr is importable): Tesseract's
   C++ API in this process. One ``PyTessBaseAPI`` per language set (and one for orientation
   detection) is kept per thread, so the model is loaded once per process and no process starts
-  per page; the page's pixels are handed over as bytes (no file). bench/ocr_speed.py: ~1.3-1.5x
+  per page; the page's pixels are handed over as bytes (no file). bench/ocr_speed.py: ~1.4x
   the pages/s per core of the bare ``tesseract`` command on the same images. The per-page
   timeout is ``Recognize(timeout=ms)`` (Tesseract's cancel monitor): it is checked while words
   are recognised, not during layout analysis or OSD, so a page can overrun by those (seconds at
