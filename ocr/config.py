@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PROVIDERS = ("tesseract", "http", "null")
+TESSERACT_BACKENDS = ("auto", "library", "subprocess")
 IMAGE_FORMATS = ("png", "webp")
 
 
@@ -43,6 +44,18 @@ class EngineConfig:
     #: detection, so 90/180/270-degree scans come out right; falls back to 3 without osd data.
     tesseract_psm: int = 1
     tesseract_cmd: str = "tesseract"
+    #: how Tesseract is called: "library" = its C++ API in-process through tesserocr (the model
+    #: is loaded once per process, no process start per page: ~1.4x the pages/s per core of
+    #: the bare command, bench/ocr_speed.py), "subprocess" = the ``tesseract`` command through
+    #: pytesseract, "auto" = library when tesserocr is importable, else subprocess.
+    tesseract_backend: str = "auto"
+    #: tessdata folder for the library backend; None = the one the ``tesseract`` command reports
+    #: (``--list-langs``), else tesserocr's built-in default.
+    tesseract_datapath: str | None = None
+    #: with psm 1, a page whose orientation detection (OSD) is less sure than this (Tesseract's
+    #: margin between the best and the second-best orientation; Tesseract itself rotates only
+    #: at >= 7) is read in the candidate orientations and the best reading is kept.
+    tesseract_osd_min_confidence: float = 7.0
 
     # --- time budgets -------------------------------------------------------------------------
     #: per page OCR call; a page that runs over is returned without text, with a warning.
@@ -86,6 +99,10 @@ class EngineConfig:
             raise ValueError(f"image_format must be one of {IMAGE_FORMATS}")
         if not 50 <= self.ocr_dpi <= 600:
             raise ValueError("ocr_dpi must be between 50 and 600")
+        if self.tesseract_backend not in TESSERACT_BACKENDS:
+            raise ValueError(f"tesseract_backend must be one of {TESSERACT_BACKENDS}")
+        if self.tesseract_osd_min_confidence < 0:
+            raise ValueError("tesseract_osd_min_confidence must be >= 0")
         if self.tesseract_psm not in (1, 3, 4, 6, 11, 12):
             raise ValueError("tesseract_psm must be one of 1, 3, 4, 6, 11, 12")
         positive = (

@@ -113,18 +113,20 @@ def iter_frames(
             raise CorruptDocumentError(
                 f"Frame {index + 1} of the image is corrupted or truncated."
             ) from exc
-        yield _bounded(frame, _dpi(im), config)
+        declared = _declared_dpi(im)
+        yield _bounded(frame, declared or 72.0, config, has_dpi=declared is not None)
 
 
-def _dpi(im: Image.Image) -> float:
+def _declared_dpi(im: Image.Image) -> float | None:
+    """The image's dpi metadata when present and credible."""
     dpi: Any = im.info.get("dpi")
     try:
         value = float(dpi[0]) if isinstance(dpi, tuple) else float(dpi)
     except (TypeError, ValueError, IndexError):
-        return 72.0
+        return None
     if abs(value - round(value)) < 0.05:
         value = float(round(value))  # PNG stores pixels per metre: 144 dpi reads as 143.99
-    return value if _SANE_DPI[0] <= value <= _SANE_DPI[1] else 72.0
+    return value if _SANE_DPI[0] <= value <= _SANE_DPI[1] else None
 
 
 def _for_ocr(im: Image.Image) -> Image.Image:
@@ -153,7 +155,9 @@ def _for_ocr(im: Image.Image) -> Image.Image:
     return im.convert("L") if im.mode != "L" else im.copy()
 
 
-def _bounded(im: Image.Image, dpi: float, config: EngineConfig) -> Frame:
+def _bounded(im: Image.Image, dpi: float, config: EngineConfig, *, has_dpi: bool) -> Frame:
+    """Downscale to ``max_render_pixels``; ``image.info["dpi"]`` is set to the resolution OCR
+    sees (the OCR provider passes it on) when the input declares a credible one, else removed."""
     px_to_pt = 72.0 / dpi
     width_pt = im.width * px_to_pt
     height_pt = im.height * px_to_pt
@@ -165,6 +169,10 @@ def _bounded(im: Image.Image, dpi: float, config: EngineConfig) -> Frame:
         px_to_pt = width_pt / size[0]
         im = im.resize(size, Image.Resampling.LANCZOS)
         downscaled = True
+    if has_dpi:
+        im.info["dpi"] = (72.0 / px_to_pt, 72.0 / px_to_pt)
+    else:
+        im.info.pop("dpi", None)
     return Frame(im, px_to_pt, width_pt, height_pt, downscaled)
 
 

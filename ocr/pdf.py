@@ -408,6 +408,9 @@ def _render(
             image = image.convert("L")
     finally:
         bitmap.close()
+    # the OCR provider passes the resolution on: Tesseract assumes 70 dpi without it, and its
+    # layout analysis then reads tightly set pages as false columns (bench/ocr_quality.py)
+    image.info["dpi"] = (scale * 72.0, scale * 72.0)
     return image, scale
 
 

@@ -164,3 +164,58 @@ def test_ocr_languages_must_be_installed(scan: bytes) -> None:
     assert info.value.code == "validation_error"
     # OCR disabled: languages do not matter
     ocr.extract(scan, {"languages": ["klingon"], "ocr": "never"})
+
+
+def test_tesseract_backend_is_configurable(scan: bytes) -> None:
+    """auto = the library (tesserocr) when importable; the pytesseract path keeps working."""
+    from ocr.tesseract import TesseractProvider, _tesserocr
+
+    auto = TesseractProvider(ocr.EngineConfig())
+    assert auto.backend_name == ("library" if _tesserocr() is not None else "subprocess")
+    auto.close()
+    for backend in ("subprocess", "library")[: 1 + (_tesserocr() is not None)]:
+        result = ocr.extract(scan, config=ocr.EngineConfig(tesseract_backend=backend))
+        assert text_of(result) == " ".join(LINES), backend
+    with pytest.raises(ValueError, match="tesseract_backend"):
+        ocr.EngineConfig(tesseract_backend="gpu")
+
+
+@pytest.mark.parametrize("backend", ["subprocess", "library"])
+def test_page_timeout_on_each_backend(scan: bytes, backend: str) -> None:
+    from ocr.tesseract import _tesserocr
+
+    if backend == "library" and _tesserocr() is None:
+        pytest.skip("tesserocr is not installed")
+    config = ocr.EngineConfig(tesseract_timeout_s=0.01, tesseract_backend=backend)
+    result = ocr.extract(scan, config=config)
+    assert result["chunks"] == []
+    assert any("ran out of time" in w for w in result["warnings"])
+
+
+def test_the_page_resolution_reaches_the_ocr_provider(scan: bytes) -> None:
+    """Tesseract assumes 70 dpi without it (and then misreads tightly set pages as columns)."""
+    seen: list[Any] = []
+
+    from ocr.provider import NullProvider
+
+    class Spy(NullProvider):
+        name = "spy"
+
+        def recognize(self, image: Any, **kwargs: Any) -> list[Any]:
+            seen.append(image.info.get("dpi"))
+            return []
+
+    from ocr import pipeline
+
+    original = pipeline.make_provider
+    pipeline.make_provider = lambda config: Spy()  # type: ignore[assignment]
+    try:
+        ocr.extract(scan, config=ocr.EngineConfig(ocr_dpi=250))
+        png = encode(text_image(LINES, size=(1400, 400)), "PNG", dpi=(144, 144))
+        ocr.extract(png)
+        ocr.extract(encode(text_image(LINES, size=(1400, 400)), "GIF"))
+    finally:
+        pipeline.make_provider = original
+    assert seen[0] == pytest.approx((250, 250), abs=0.5)
+    assert seen[1] == pytest.approx((144, 144), abs=0.5)
+    assert seen[2] is None  # no dpi metadata: Tesseract keeps its own default
