@@ -184,7 +184,7 @@ def main() -> int:
             "provider/subprocess": provider_path("subprocess"),
         }
         if library_status().startswith("tesseract"):
-            paths["tesserocr"] = RawLibrary(tessdata_dir())
+            paths["tesserocr"] = RawLibrary(tessdata_dir() or "/usr/share/tesseract-ocr/5/tessdata")
             paths["provider/library"] = provider_path("library")
         # warm-up (model load of the library paths, page cache of the PGMs), and the texts
         texts = {name: [fn(p) for p in pages] for name, fn in paths.items()}

@@ -3,7 +3,6 @@ runs it with real worker processes against real submissions)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,10 +10,7 @@ import pytest
 from service.api.quotes import PUBLISHER
 from tasks.quotes import run_quote_chunk
 from tests.api.conftest import ApiEnv, Tenant
-
-CORPUS = Path(__file__).resolve().parents[2] / "tests" / "corpus"
-if not (CORPUS / "MANIFEST.json").is_file():
-    CORPUS = Path("/work/shared/corpus")
+from tests.corpus import CORPUS
 
 
 @pytest.fixture

@@ -13,11 +13,8 @@ import pytest
 from service.api.app import create_app
 from tests.api.conftest import Tenant
 from tests.conftest import build_context, new_customer_key
+from tests.corpus import CORPUS
 from tests.support.stack import start_worker, wait_for
-
-CORPUS = Path(__file__).resolve().parents[2] / "tests" / "corpus"
-if not (CORPUS / "MANIFEST.json").is_file():
-    CORPUS = Path("/work/shared/corpus")
 
 pytestmark = pytest.mark.slow
 
