@@ -64,11 +64,22 @@ def encode_cursor(payload: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# A cursor this API hands out is a few dozen characters; anything far longer is forged.
+MAX_CURSOR_CHARS = 512
+# change_seq and ids are compared in SQL: a cursor must not carry what the column cannot hold.
+_MAX_SEQ = 2**63 - 1
+
+
 def decode_cursor(cursor: str, required: Sequence[str]) -> dict[str, Any]:
+    """The payload of a cursor this API returned; :class:`InvalidCursorError` for anything
+    else (not base64, not JSON, not an object, a required key missing). The values' types are
+    the caller's to check."""
+    if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR_CHARS or not cursor.isascii():
+        raise InvalidCursorError("cursor is not one this API returned")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidCursorError("cursor is not one this API returned") from exc
     if not isinstance(payload, dict) or any(k not in payload for k in required):
         raise InvalidCursorError("cursor is not one this API returned")
@@ -83,9 +94,32 @@ def decode_item_cursor(cursor: str | None) -> int:
     if cursor is None:
         return 0
     seq = decode_cursor(cursor, ["s"])["s"]
-    if not isinstance(seq, int) or seq < 0:
+    # bool is an int to Python; a float (1e30) or a number past bigint is not a position.
+    if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:
         raise InvalidCursorError("cursor is not one this API returned")
     return seq
+
+
+def list_cursor(created_at: datetime, batch_id: str) -> str:
+    """The position after one batch in the newest-first list of a customer's batches."""
+    return encode_cursor({"c": created_at.isoformat(), "i": batch_id})
+
+
+def decode_list_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at, batch id) of a :func:`list_cursor`; :class:`InvalidCursorError` otherwise."""
+    payload = decode_cursor(cursor, ["c", "i"])
+    created, batch_id = payload["c"], payload["i"]
+    if not isinstance(created, str) or not isinstance(batch_id, str):
+        raise InvalidCursorError("cursor is not one this API returned")
+    if len(batch_id) > 64 or not batch_id.isascii() or not batch_id.isprintable():
+        raise InvalidCursorError("cursor is not one this API returned")
+    try:
+        created_at = datetime.fromisoformat(created)
+    except ValueError as exc:
+        raise InvalidCursorError("cursor is not one this API returned") from exc
+    if created_at.tzinfo is not None:  # ours are naive UTC (service/clock.py)
+        raise InvalidCursorError("cursor is not one this API returned")
+    return created_at, batch_id
 
 
 # --- locking and status ------------------------------------------------------------------------

@@ -9,15 +9,21 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, cast
 
-from flask import Response, g, redirect, request
+from flask import Response, current_app, g, redirect, request
 from flask_openapi3 import Info, OpenAPI
 
 from service import logs, metrics
 from service.api.auth import require_api_key
+from service.api.concurrency import SyncSlots
 from service.api.context import ApiContext
-from service.api.errors import register_error_handlers, validation_error_response
+from service.api.errors import (
+    body_too_large,
+    register_error_handlers,
+    validation_error_response,
+)
+from service.api.extract import DiskUploadRequest
 from service.api.ratelimit import SubmissionRateLimiter
 from service.context import ServiceContext, make_context
 from service.migrate import check_schema_current
@@ -28,9 +34,13 @@ from tasks.dispatch import Dispatcher, make_dispatcher, make_state_redis
 
 log = logging.getLogger("pagelane.api")
 
-# Requests larger than this are refused before any parsing (a 10,000-id batch is ~400 KB; the
-# sync endpoint takes documents up to the configured file size).
+# Requests larger than this are refused before any parsing (a 10,000-id batch is ~400 KB). Only
+# the endpoints in LARGE_BODY_ENDPOINTS take more: documents up to the configured file size.
 JSON_BODY_LIMIT = 8 * 1024 * 1024
+# The multipart envelope around a document: boundaries, part headers and the option fields.
+MULTIPART_OVERHEAD = 1024 * 1024
+SYNC_EXTRACT_ENDPOINT = "extract.extract_file"
+BLOB_UPLOAD_ENDPOINT = "blobs.receive_upload"
 
 
 def create_app(
@@ -67,17 +77,30 @@ def create_app(
         doc_prefix="/docs",
         doc_url="/openapi.json",
     )
-    app.config["MAX_CONTENT_LENGTH"] = max(JSON_BODY_LIMIT, settings.max_file_bytes + 1024 * 1024)
+    # Every route reads at most 8 MiB; the two document routes raise their own request's limit
+    # (_limit_request_body). werkzeug enforces it on Content-Length before reading, and on a
+    # chunked body while reading (the stream ends in 413 at the limit).
+    app.config["MAX_CONTENT_LENGTH"] = JSON_BODY_LIMIT
+    app.request_class = DiskUploadRequest
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["pagelane"] = context
 
     from service.api.batches import make_batches_blueprint
-    from service.api.extract import make_extract_blueprint
+    from service.api.extract import (
+        admit_sync_request,
+        make_extract_blueprint,
+        release_sync_slot,
+    )
     from service.api.files import make_files_blueprint
     from service.api.health import make_health_blueprint
 
-    for blueprint in (make_files_blueprint(), make_batches_blueprint(), make_extract_blueprint()):
+    extract = make_extract_blueprint()
+    for blueprint in (make_files_blueprint(), make_batches_blueprint(), extract):
         blueprint.before_request(require_api_key)
+        if blueprint is extract:
+            # After the key, before the body is read: the rate budget and a concurrency slot.
+            blueprint.before_request(admit_sync_request)
+            blueprint.teardown_request(release_sync_slot)
         app.register_api(blueprint)
     app.register_api(make_health_blueprint())
 
@@ -104,6 +127,7 @@ def create_app(
     app.add_url_rule("/metrics", "metrics", prometheus_metrics, methods=["GET"])
 
     app.before_request(_assign_request_id)
+    app.before_request(_limit_request_body)
     app.after_request(_finish_response)
     app.teardown_request(_forget_log_context)
     register_error_handlers(app)
@@ -123,6 +147,10 @@ def _api_context(
         redis=state,
         dispatcher=dispatcher,
         rate_limiter=SubmissionRateLimiter(settings.require_redis(), settings.submit_rate_limit),
+        sync_rate_limiter=SubmissionRateLimiter(
+            settings.require_redis(), settings.sync_rate_limit, scope="sync"
+        ),
+        sync_slots=SyncSlots(state),
     )
 
 
@@ -138,6 +166,20 @@ def _assign_request_id() -> None:
     # gthread reuses its threads: start from an empty context, not the previous request's.
     logs.clear()
     logs.bind(request_id=g.request_id)
+
+
+def _limit_request_body() -> None:
+    """The body limit of this request's route; a declared length over it is 413 at once, before
+    authentication, rate limits or any parsing."""
+    settings = cast(ApiContext, current_app.extensions["pagelane"]).settings
+    if request.endpoint == SYNC_EXTRACT_ENDPOINT:
+        request.max_content_length = settings.max_file_bytes + MULTIPART_OVERHEAD
+    elif request.endpoint == BLOB_UPLOAD_ENDPOINT:
+        # The view lowers it to the length signed into the URL once the signature checks out.
+        request.max_content_length = settings.max_file_bytes + 1
+    limit = request.max_content_length
+    if limit is not None and request.content_length is not None and request.content_length > limit:
+        raise body_too_large(limit)
 
 
 def _finish_response(response: Response) -> Response:

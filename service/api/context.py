@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import redis
 
+from service.api.concurrency import SyncSlots
 from service.api.ratelimit import SubmissionRateLimiter
 from service.context import ServiceContext
 from tasks.dispatch import Dispatcher
@@ -18,6 +19,9 @@ class ApiContext(ServiceContext):
     # The API only publishes: after a batch commits, its first items are admitted here.
     dispatcher: Dispatcher
     rate_limiter: SubmissionRateLimiter
+    # POST /v1/extract/file: its own rate budget, and its per-customer concurrency cap.
+    sync_rate_limiter: SubmissionRateLimiter
+    sync_slots: SyncSlots
 
     def close(self) -> None:
         super().close()

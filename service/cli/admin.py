@@ -25,8 +25,6 @@ def db_upgrade(revision: str) -> None:
     engine.dispose()
 
 
-
-
 @click.group()
 def keys() -> None:
     """API keys."""

@@ -199,4 +199,3 @@ def _wait_for_port(port: int, timeout: float = 15) -> None:
                 return
         time.sleep(0.1)
     raise click.ClickException(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
-

@@ -201,10 +201,8 @@ def download_name(filename: str) -> str:
     return cleaned or "download"
 
 
-
 def expiry_instant(now: float, expires_in: int) -> datetime:
     return datetime.fromtimestamp(int(now) + expires_in, UTC)
-
 
 
 # --- the keys of our services -------------------------------------------------------------------

@@ -232,9 +232,7 @@ class LocalBlobStore(BlobStore):
             budget = None if expected_length is None else expected_length + 1
             while budget is None or received < budget:
                 want = (
-                    COPY_CHUNK_BYTES
-                    if budget is None
-                    else min(COPY_CHUNK_BYTES, budget - received)
+                    COPY_CHUNK_BYTES if budget is None else min(COPY_CHUNK_BYTES, budget - received)
                 )
                 try:
                     chunk = body.read(want)
@@ -376,5 +374,3 @@ class LocalBlobStore(BlobStore):
 
 def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime, UTC)
-
-

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 def _attachment_disposition(filename: str) -> str:
     """RFC 6266 ``Content-Disposition`` with an ASCII fallback and the exact UTF-8 name."""
     fallback = "".join(ch if ch.isascii() and ch not in '"\\' else "_" for ch in filename)
@@ -44,7 +45,6 @@ def _attachment_disposition(filename: str) -> str:
     if fallback != filename:
         value += f"; filename*=UTF-8''{quote(filename, safe='')}"
     return value
-
 
 
 def _make_s3_client(
@@ -299,5 +299,3 @@ class S3BlobStore(BlobStore):
             log.warning("blob store not ready: S3 bucket %s: %s", self._bucket, exc)
             return False
         return True
-
-
