@@ -6,6 +6,7 @@ workers, the rate limiter), registers the blueprints and the request hooks.
 
 from __future__ import annotations
 
+import io
 import logging
 import secrets
 import time
@@ -169,7 +170,7 @@ def _assign_request_id() -> None:
 
 
 def _limit_request_body() -> None:
-    """The body limit of this request's route; a declared length over it is 413 at once, before
+    """The body limit of this request's route; a body over it is 413 at once, before
     authentication, rate limits or any parsing."""
     settings = cast(ApiContext, current_app.extensions["pagelane"]).settings
     if request.endpoint == SYNC_EXTRACT_ENDPOINT:
@@ -177,9 +178,36 @@ def _limit_request_body() -> None:
     elif request.endpoint == BLOB_UPLOAD_ENDPOINT:
         # The view lowers it to the length signed into the URL once the signature checks out.
         request.max_content_length = settings.max_file_bytes + 1
+    else:
+        _buffer_unsized_body(JSON_BODY_LIMIT)
     limit = request.max_content_length
     if limit is not None and request.content_length is not None and request.content_length > limit:
         raise body_too_large(limit)
+
+
+def _buffer_unsized_body(limit: int) -> None:
+    """A chunked body (no Content-Length) on a small-body route: read at most ``limit`` + 1
+    bytes of it now, 413 beyond, and hand the rest of the request a sized copy.
+
+    werkzeug stops a chunked body at ``max_content_length`` by raising, except when it reads
+    the whole body at once (``get_data``, hence ``get_json``): that silently returns the first
+    ``limit`` bytes, and a truncated JSON document would then be a confusing 422."""
+    environ = request.environ
+    if request.content_length is not None or not environ.get("wsgi.input_terminated"):
+        return
+    stream = environ["wsgi.input"]
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = stream.read(min(64 * 1024, limit + 1 - len(body)))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > limit:
+        raise body_too_large(limit)
+    environ["wsgi.input"] = io.BytesIO(bytes(body))
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    request.__dict__.pop("content_length", None)  # werkzeug caches it on the request
 
 
 def _finish_response(response: Response) -> Response:

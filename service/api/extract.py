@@ -185,7 +185,7 @@ class SyncTimeoutError(Exception):
 
 
 def _upload_path(stream: Any) -> str:
-    """The on-disk path of the uploaded document (the app parses with :class:`DiskUploadRequest`)."""
+    """The on-disk path of the uploaded document (parsed by :class:`DiskUploadRequest`)."""
     name = getattr(stream, "name", None)
     if not isinstance(name, str) or not os.path.isfile(name):
         raise RuntimeError("the upload is not on disk: the app must use DiskUploadRequest")
