@@ -289,7 +289,7 @@ def render(extra: Iterable[Collector] = ()) -> tuple[bytes, str]:
     return generate_latest(scrape_registry(extra)), CONTENT_TYPE_LATEST
 
 
-def start_worker_metrics_server(port: int, addr: str = "0.0.0.0") -> bool:
+def start_worker_metrics_server(port: int, addr: str = "127.0.0.1") -> bool:
     """Serve this worker's metrics (all its pool children) on ``port``; False if it cannot.
 
     Called in the worker's main process before the pool forks. A port already taken does not

@@ -15,6 +15,7 @@ from typing import Any, cast
 from flask import Response, current_app, g, redirect, request
 from flask_openapi3 import Info, OpenAPI
 
+import ocr
 from service import logs, metrics
 from service.api.auth import require_api_key
 from service.api.concurrency import SyncSlots
@@ -25,6 +26,7 @@ from service.api.errors import (
     validation_error_response,
 )
 from service.api.extract import DiskUploadRequest
+from service.api.openapi import finish_document
 from service.api.ratelimit import SubmissionRateLimiter
 from service.context import ServiceContext, make_context
 from service.migrate import check_schema_current
@@ -92,9 +94,10 @@ def create_app(
         make_extract_blueprint,
         release_sync_slot,
     )
-    from service.api.files import make_files_blueprint
+    from service.api.files import FileIdConverter, make_files_blueprint
     from service.api.health import make_health_blueprint
 
+    app.url_map.converters["fileid"] = FileIdConverter
     extract = make_extract_blueprint()
     for blueprint in (make_files_blueprint(), make_batches_blueprint(), extract):
         blueprint.before_request(require_api_key)
@@ -110,6 +113,13 @@ def create_app(
 
         app.register_blueprint(make_blobs_blueprint(context.blob_store))
 
+    # Generated once, now that every route is registered, then completed (service/api/openapi.py).
+    finish_document(
+        app.api_doc,
+        languages=sorted(ocr.available_languages()),
+        max_file_bytes=settings.max_file_bytes,
+    )
+
     @app.get("/openapi.json", doc_ui=False)
     def openapi_document() -> Any:
         return app.api_doc
@@ -118,14 +128,7 @@ def create_app(
     def docs_home() -> Any:
         return redirect("/docs/swagger", code=302)
 
-    # A plain Flask route: no auth (scrapers carry no key) and not in the public OpenAPI document.
-    fleet = metrics.FleetCollector(context.session_factory)
-
-    def prometheus_metrics() -> Response:
-        body, content_type = metrics.render([fleet])
-        return Response(body, content_type=content_type)
-
-    app.add_url_rule("/metrics", "metrics", prometheus_metrics, methods=["GET"])
+    # /metrics is not on this (public) port: service/api/metrics_server.py.
 
     app.before_request(_assign_request_id)
     app.before_request(_limit_request_body)
@@ -221,8 +224,6 @@ def _finish_response(response: Response) -> Response:
 def _observe_request(status: int) -> None:
     # The route template, not the path: ids in paths would make a series per resource.
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    if route == "/metrics":
-        return  # the scrapes themselves would only dilute the API's request rates
     started = g.get("request_started")
     seconds = time.perf_counter() - started if started is not None else 0.0
     metrics.observe_http(route, request.method, status, seconds)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from flask import Request, Response, g
+from flask import Request, Response, g, request
 from flask_openapi3 import APIBlueprint, Tag
 
 import ocr
@@ -64,6 +64,8 @@ def admit_sync_request() -> None:
     """Before the body is read: count the request against the key's sync budget (429
     ``rate_limited``), then take one of the customer's sync slots (429
     ``too_many_concurrent_requests``). :func:`release_sync_slot` gives it back."""
+    if request.method == "OPTIONS":
+        return  # werkzeug's automatic answer: no extraction, nothing to count
     ctx = service()
     principal = caller()
     decision = ctx.sync_rate_limiter.hit(principal.key_id)
@@ -113,15 +115,16 @@ def make_extract_blueprint() -> APIBlueprint:
         """Extract one uploaded document and return the result (billed per page)."""
         ctx = service()
         settings = ctx.settings
+        languages = form.languages or ["eng"]
         options = {
             "extract_text": form.extract_text,
             "extract_images": form.extract_images,
             "extract_tables": form.extract_tables,
             "ocr": form.ocr,
-            "languages": form.languages,
+            "languages": languages,
         }
         try:
-            ocr.validate_languages(form.languages)
+            ocr.validate_languages(languages)
         except ocr.errors.ExtractionError as exc:
             raise validation_error(["form", "languages"], exc.message, "language") from exc
         path = _upload_path(form.file.stream)

@@ -12,7 +12,17 @@ import re
 from typing import Annotated, Any, Literal
 
 from flask_openapi3 import FileStorage
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from service.lifecycle import ITEM_CURSOR_PATTERN, LIST_CURSOR_PATTERN
 
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -154,10 +164,27 @@ class BatchOptions(StrictModel):
         return value
 
 
+# pydantic would say "keys matching the pattern must have string values", which leaves every
+# other key free; the validators below say "16 keys at most, each ≤ 64 characters without
+# control characters, string values ≤ 512 without NUL".
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": 16,
+    "propertyNames": {"type": "string", "maxLength": 64, "pattern": NO_CONTROL_PATTERN},
+    "additionalProperties": {"type": "string", "maxLength": 512, "pattern": r"^[^\x00]*$"},
+}
+
+
 class CreateBatch(StrictModel):
-    file_ids: list[PlainText] = Field(min_length=1, description="1..10,000 unique file ids.")
+    file_ids: list[PlainText] = Field(
+        min_length=1,
+        description="1..10,000 unique file ids.",
+        json_schema_extra={"uniqueItems": True},
+    )
     options: BatchOptions = Field(default_factory=BatchOptions)
-    metadata: dict[PlainText, FreeText] = Field(default_factory=dict)
+    metadata: Annotated[dict[PlainText, FreeText], WithJsonSchema(METADATA_SCHEMA)] = Field(
+        default_factory=dict
+    )
     engine: PlainText | None = Field(None, max_length=100)
 
     @field_validator("file_ids")
@@ -269,20 +296,18 @@ def _default_json_schema(model: type[QueryModel]) -> dict[str, Any]:
     return super(QueryModel, model).model_json_schema()
 
 
-# A cursor is opaque: only one this API returned is valid (anything else is 422
-# invalid_cursor). The format names that; its characters are base64url's.
-def _cursor_field() -> Any:
+# A cursor is opaque to clients, and exactly a regular expression to us (service/lifecycle.py):
+# every string the pattern admits is a position, anything else is 422 invalid_cursor.
+def _cursor_field(pattern: str) -> Any:
     return Field(
         None,
-        max_length=512,
-        pattern=r"^[A-Za-z0-9_-]+={0,2}$",
-        json_schema_extra={"format": "pagelane-cursor"},
+        pattern=pattern,
         description="Opaque: pass back a `next_cursor` this API returned.",
     )
 
 
 class PollQuery(QueryModel):
-    cursor: str | None = _cursor_field()
+    cursor: str | None = _cursor_field(ITEM_CURSOR_PATTERN)
     limit: int = Field(100, ge=1, le=500)
 
 
@@ -290,7 +315,7 @@ class ListBatchesQuery(QueryModel):
     status: (
         Literal["pending", "running", "completed", "partially_failed", "failed", "cancelled"] | None
     ) = None
-    cursor: str | None = _cursor_field()
+    cursor: str | None = _cursor_field(LIST_CURSOR_PATTERN)
     limit: int = Field(50, ge=1, le=200)
 
 
@@ -309,16 +334,18 @@ class ExtractForm(BaseModel):
     extract_images: bool = True
     extract_tables: bool = True
     ocr: Literal["auto", "force", "never"] = "auto"
+    # No minItems: multipart cannot send an empty list, and no field at all means ["eng"].
     languages: list[Annotated[str, Field(pattern=LANGUAGE_PATTERN)]] = Field(
         default_factory=lambda: ["eng"],
-        min_length=1,
         max_length=8,
-        description="Repeat the field or comma-separate.",
+        description="Repeat the field or comma-separate; absent: eng.",
     )
 
     @model_validator(mode="before")
     @classmethod
     def _split_languages(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("languages") in ([], ""):
+            data = {k: v for k, v in data.items() if k != "languages"}
         if isinstance(data, dict) and isinstance(data.get("languages"), str):
             data = {
                 **data,
