@@ -118,6 +118,7 @@ def create_app(
         app.api_doc,
         languages=sorted(ocr.available_languages()),
         max_file_bytes=settings.max_file_bytes,
+        max_files_per_batch=settings.max_files_per_batch,
     )
 
     @app.get("/openapi.json", doc_ui=False)

@@ -7,7 +7,8 @@ tests/api/test_schemathesis.py).
 - every error status an operation can answer is declared with the one error envelope,
   including the 422 of request validation (flask-openapi3's default is another shape), 413 on
   every operation with a body and 302 on the result endpoint;
-- what this deployment accepts: the installed OCR languages, the largest file size;
+- what this deployment accepts: the installed OCR languages, the largest file size, the most
+  files per batch;
 - links (file → batch → item → result, and the list → batch) for clients and for stateful
   testing.
 
@@ -101,7 +102,11 @@ _LINKS: dict[str, dict[str, tuple[str, dict[str, str], Any]]] = {
 
 
 def finish_document(
-    document: dict[str, Any], *, languages: list[str], max_file_bytes: int
+    document: dict[str, Any],
+    *,
+    languages: list[str],
+    max_file_bytes: int,
+    max_files_per_batch: int,
 ) -> dict[str, Any]:
     """Complete ``document`` (flask-openapi3's cached dict) in place; returns it."""
     for path, path_item in document["paths"].items():
@@ -112,6 +117,7 @@ def finish_document(
         for model in ("BatchOptions", "ExtractForm"):
             _languages(schemas[model]["properties"]["languages"])["enum"] = languages
     schemas["CreateFile"]["properties"]["size_bytes"]["maximum"] = max_file_bytes
+    schemas["CreateBatch"]["properties"]["file_ids"]["maxItems"] = max_files_per_batch
     # flask-openapi3 registers its own validation model; nothing refers to it any more.
     schemas.pop("ValidationErrorModel", None)
     return document

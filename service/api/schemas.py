@@ -15,6 +15,7 @@ from flask_openapi3 import FileStorage
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     WithJsonSchema,
@@ -170,8 +171,14 @@ class BatchOptions(StrictModel):
 METADATA_SCHEMA: dict[str, Any] = {
     "type": "object",
     "maxProperties": 16,
-    "propertyNames": {"type": "string", "maxLength": 64, "pattern": NO_CONTROL_PATTERN},
-    "additionalProperties": {"type": "string", "maxLength": 512, "pattern": r"^[^\x00]*$"},
+    "patternProperties": {
+        r"^[^\x00-\x1f\x7f]{0,64}$": {
+            "type": "string",
+            "maxLength": 512,
+            "pattern": r"^[^\x00]*$",
+        }
+    },
+    "additionalProperties": False,
 }
 
 
@@ -326,13 +333,27 @@ class ResultQuery(QueryModel):
 # --- sync extraction -------------------------------------------------------------------------
 
 
+def _form_bool(value: Any) -> bool:
+    # The document says boolean, which a form spells "true" or "false" (flask-openapi3 hands
+    # over json.loads of the field, so those arrive as bools). pydantic would also take 0, 1,
+    # "yes", "on"..., and the document and the validation would disagree.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError('must be "true" or "false"')
+
+
+FormBool = Annotated[bool, BeforeValidator(_form_bool)]
+
+
 class ExtractForm(BaseModel):
     """multipart/form-data: the file plus the batch option fields, as form values."""
 
     file: FileStorage
-    extract_text: bool = True
-    extract_images: bool = True
-    extract_tables: bool = True
+    extract_text: FormBool = True
+    extract_images: FormBool = True
+    extract_tables: FormBool = True
     ocr: Literal["auto", "force", "never"] = "auto"
     # No minItems: multipart cannot send an empty list, and no field at all means ["eng"].
     languages: list[Annotated[str, Field(pattern=LANGUAGE_PATTERN)]] = Field(
