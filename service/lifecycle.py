@@ -57,20 +57,24 @@ class InvalidCursorError(ValueError):
 
 # --- cursors ---------------------------------------------------------------------------------
 #
-# A cursor is base64url (no padding) of a fixed-width binary position, so that the set of valid
-# cursors is exactly a regular expression: the OpenAPI document states it, request validation
-# enforces it (anything else is 422 invalid_cursor), and every string it admits decodes to a
-# position the database can compare. Nothing in a cursor can be forged into an error.
+# A cursor is base64url of a version byte and a fixed-width binary position, so that the set of
+# valid cursors is exactly a regular expression: the OpenAPI document states it, request
+# validation enforces it (anything else is 422 invalid_cursor), and every string it admits
+# decodes to a position the database can compare. Nothing in a cursor can be forged into an
+# error. The version bytes also keep the JSON cursors of earlier versions ("eyJ...") from ever
+# matching: a client holding one gets 422, never a position read from its bytes.
 #
-# - items of a batch: the change number, 8 bytes big-endian, below 2**63 (bigint): 11 chars,
-#   the first of the 32 below "g" (top bit 0), the last one of the 16 that end in two zero bits;
-# - the batch list: the batch's created_at in microseconds since 1970 (8 bytes, below 2**56:
-#   year 4253) and the 18 bytes of its id: 35 chars.
+# - items of a batch: 0x01, the change number in 8 bytes big-endian below 2**63 (bigint):
+#   12 characters;
+# - the batch list: 0x02, the batch's created_at in microseconds since 1970 (8 bytes, below
+#   2**56: year 4253), the 18 bytes of its id (service/ids.py): 36 characters.
 
-ITEM_CURSOR_PATTERN = r"^[A-Za-f][A-Za-z0-9_-]{9}[AEIMQUYcgkosw048]$"
-LIST_CURSOR_PATTERN = r"^A[A-P][A-Za-z0-9_-]{32}[AEIMQUYcgkosw048]$"
+ITEM_CURSOR_PATTERN = r"^A[Q-X][A-Za-z0-9_-]{10}$"
+LIST_CURSOR_PATTERN = r"^Ag[A-D][A-Za-z0-9_-]{33}$"
 _ITEM_CURSOR = re.compile(ITEM_CURSOR_PATTERN)
 _LIST_CURSOR = re.compile(LIST_CURSOR_PATTERN)
+_ITEM_VERSION = b"\x01"
+_LIST_VERSION = b"\x02"
 _EPOCH = datetime(1970, 1, 1)
 _BATCH_PREFIX = "batch_"
 
@@ -84,7 +88,7 @@ def _b64decode(cursor: str) -> bytes:
 
 
 def item_cursor(change_seq: int) -> str:
-    return _b64encode(change_seq.to_bytes(8, "big"))
+    return _b64encode(_ITEM_VERSION + change_seq.to_bytes(8, "big"))
 
 
 def decode_item_cursor(cursor: str | None) -> int:
@@ -93,7 +97,7 @@ def decode_item_cursor(cursor: str | None) -> int:
         return 0
     if not isinstance(cursor, str) or not _ITEM_CURSOR.fullmatch(cursor):
         raise InvalidCursorError("cursor is not one this API returned")
-    return int.from_bytes(_b64decode(cursor), "big")
+    return int.from_bytes(_b64decode(cursor)[1:], "big")
 
 
 def list_cursor(created_at: datetime, batch_id: str) -> str:
@@ -102,14 +106,14 @@ def list_cursor(created_at: datetime, batch_id: str) -> str:
     encoded = batch_id.removeprefix(_BATCH_PREFIX).upper()
     raw_id = base64.b32hexdecode(encoded + "=" * (-len(encoded) % 8))
     assert len(raw_id) == 18, batch_id  # service/ids.py: 6 bytes of time, 12 random
-    return _b64encode(micros.to_bytes(8, "big") + raw_id)
+    return _b64encode(_LIST_VERSION + micros.to_bytes(8, "big") + raw_id)
 
 
 def decode_list_cursor(cursor: str) -> tuple[datetime, str]:
     """(created_at, batch id) of a :func:`list_cursor`; :class:`InvalidCursorError` otherwise."""
     if not isinstance(cursor, str) or not _LIST_CURSOR.fullmatch(cursor):
         raise InvalidCursorError("cursor is not one this API returned")
-    raw = _b64decode(cursor)
+    raw = _b64decode(cursor)[1:]
     created_at = _EPOCH + timedelta(microseconds=int.from_bytes(raw[:8], "big"))
     batch_id = _BATCH_PREFIX + base64.b32hexencode(raw[8:]).decode().rstrip("=").lower()
     return created_at, batch_id
