@@ -300,6 +300,39 @@ def test_metrics_are_not_on_the_public_port(api_env: ApiEnv) -> None:
     assert api_env.client.get("/metrics").status_code == 404
 
 
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
+    found = set()
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if int(hex_port, 16) == port and state == "0A":  # LISTEN
+                found.add(address)
+    return found
+
+
+@pytest.mark.sqlite
+def test_api_metrics_port_binds_loopback_by_default(make_settings, flush_redis) -> None:
+    import socket
+
+    import httpx
+
+    from service.api.metrics_server import serve_api_metrics
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = _sqlite_settings(make_settings, api_metrics_port=port)
+    assert settings.metrics_bind == "127.0.0.1"
+    assert serve_api_metrics(settings)
+    response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert b"pagelane_oldest_pending_item_age_seconds" in response.content
+    assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
+    assert not serve_api_metrics(settings.model_copy(update={"api_metrics_port": 0}))
+
+
 # --- point 3: the sync endpoint's budget, cap, time limit and memory -----------------------------
 
 
