@@ -52,7 +52,9 @@ def _seed(client: Any, key: str, ctx: Any, public_url: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_schemathesis_all_checks(make_settings: Any, redis_url: str, report: Any) -> None:
+def test_schemathesis_all_checks(
+    make_settings: Any, redis_url: str, report: Any, tmp_path: Path
+) -> None:
     from tests.client.conftest import FaultInjector, ServedApp, _QuietHandler
 
     redis.Redis.from_url(redis_url).flushdb()
@@ -110,7 +112,7 @@ def test_schemathesis_all_checks(make_settings: Any, redis_url: str, report: Any
                 "--seed",
                 "13",
             ],
-            cwd=REPO,
+            cwd=tmp_path,  # its cache (.schemathesis/) stays out of the repository
             env=env,
             capture_output=True,
             text=True,
