@@ -11,9 +11,8 @@ by ``(updated_at, item_id)`` that SPEC promises is the same order.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
-import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -59,35 +58,68 @@ class InvalidCursorError(ValueError):
 
 
 # --- cursors ---------------------------------------------------------------------------------
+#
+# A cursor is base64url of a version byte and a fixed-width binary position, so that the set of
+# valid cursors is exactly a regular expression: the OpenAPI document states it, request
+# validation enforces it (anything else is 422 invalid_cursor), and every string it admits
+# decodes to a position the database can compare. Nothing in a cursor can be forged into an
+# error. The version bytes also keep the JSON cursors of earlier versions ("eyJ...") from ever
+# matching: a client holding one gets 422, never a position read from its bytes.
+#
+# - items of a batch: 0x01, the change number in 8 bytes big-endian below 2**63 (bigint):
+#   12 characters;
+# - the batch list: 0x02, the batch's created_at in microseconds since 1970 (8 bytes, below
+#   2**56: year 4253), the 18 bytes of its id (service/ids.py): 36 characters.
+
+ITEM_CURSOR_PATTERN = r"^A[Q-X][A-Za-z0-9_-]{10}$"
+LIST_CURSOR_PATTERN = r"^Ag[A-D][A-Za-z0-9_-]{33}$"
+_ITEM_CURSOR = re.compile(ITEM_CURSOR_PATTERN)
+_LIST_CURSOR = re.compile(LIST_CURSOR_PATTERN)
+_ITEM_VERSION = b"\x01"
+_LIST_VERSION = b"\x02"
+_EPOCH = datetime(1970, 1, 1)
+_BATCH_PREFIX = "batch_"
 
 
-def encode_cursor(payload: dict[str, Any]) -> str:
-    raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+def _b64encode(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, required: Sequence[str]) -> dict[str, Any]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise InvalidCursorError("cursor is not one this API returned") from exc
-    if not isinstance(payload, dict) or any(k not in payload for k in required):
-        raise InvalidCursorError("cursor is not one this API returned")
-    return payload
+def _b64decode(cursor: str) -> bytes:
+    return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
 
 
 def item_cursor(change_seq: int) -> str:
-    return encode_cursor({"s": change_seq})
+    return _b64encode(_ITEM_VERSION + change_seq.to_bytes(8, "big"))
 
 
 def decode_item_cursor(cursor: str | None) -> int:
+    """The change number after which a poll continues (0 without a cursor)."""
     if cursor is None:
         return 0
-    seq = decode_cursor(cursor, ["s"])["s"]
-    if not isinstance(seq, int) or seq < 0:
+    if not isinstance(cursor, str) or not _ITEM_CURSOR.fullmatch(cursor):
         raise InvalidCursorError("cursor is not one this API returned")
-    return seq
+    return int.from_bytes(_b64decode(cursor)[1:], "big")
+
+
+def list_cursor(created_at: datetime, resource_id: str, *, prefix: str = _BATCH_PREFIX) -> str:
+    """The position after one resource in a newest-first list (a customer's batches, an
+    endpoint's webhook deliveries): its creation time and id (``prefix`` + service/ids.py)."""
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+    encoded = resource_id.removeprefix(prefix).upper()
+    raw_id = base64.b32hexdecode(encoded + "=" * (-len(encoded) % 8))
+    assert len(raw_id) == 18, resource_id  # service/ids.py: 6 bytes of time, 12 random
+    return _b64encode(_LIST_VERSION + micros.to_bytes(8, "big") + raw_id)
+
+
+def decode_list_cursor(cursor: str, *, prefix: str = _BATCH_PREFIX) -> tuple[datetime, str]:
+    """(created_at, id) of a :func:`list_cursor`; :class:`InvalidCursorError` otherwise."""
+    if not isinstance(cursor, str) or not _LIST_CURSOR.fullmatch(cursor):
+        raise InvalidCursorError("cursor is not one this API returned")
+    raw = _b64decode(cursor)[1:]
+    created_at = _EPOCH + timedelta(microseconds=int.from_bytes(raw[:8], "big"))
+    resource_id = prefix + base64.b32hexencode(raw[8:]).decode().rstrip("=").lower()
+    return created_at, resource_id
 
 
 # --- locking and status ------------------------------------------------------------------------

@@ -110,8 +110,20 @@ SWEEP_ITEMS = Counter(
 # --- recording -----------------------------------------------------------------------------
 
 
+# The methods a label may name. gunicorn accepts any upper-case token as a method, and each
+# distinct one would be a new series for ever: the rest are counted together as "other".
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+
+
+def method_label(method: str) -> str:
+    return method if method in HTTP_METHODS else OTHER_METHOD
+
+
 def observe_http(route: str, method: str, status: int, seconds: float) -> None:
-    HTTP_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+    """One request: ``route`` must be a route template or ``unmatched`` (never a raw path),
+    ``method`` is normalised here."""
+    HTTP_REQUESTS.labels(route=route, method=method_label(method), status=str(status)).inc()
     HTTP_REQUEST_DURATION.labels(route=route).observe(seconds)
 
 
@@ -277,7 +289,7 @@ def render(extra: Iterable[Collector] = ()) -> tuple[bytes, str]:
     return generate_latest(scrape_registry(extra)), CONTENT_TYPE_LATEST
 
 
-def start_worker_metrics_server(port: int, addr: str = "0.0.0.0") -> bool:
+def start_worker_metrics_server(port: int, addr: str = "127.0.0.1") -> bool:
     """Serve this worker's metrics (all its pool children) on ``port``; False if it cannot.
 
     Called in the worker's main process before the pool forks. A port already taken does not

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from limits import parse as parse_rate
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -73,6 +74,17 @@ class Settings(BaseSettings):
     )
     submit_rate_limit: str = Field(
         "60/minute", description="Submissions per key (`limits` syntax)."
+    )
+    # --- request limits (SPEC "Request limits"; docs/limits.md) -------------------------------
+    sync_rate_limit: str = Field(
+        "60/minute",
+        description="`POST /v1/extract/file` requests per key (`limits` syntax), its own budget.",
+    )
+    sync_concurrency: int = Field(
+        2, ge=1, description="Sync extractions running at once per customer, across API processes."
+    )
+    sync_timeout_seconds: float = Field(
+        120.0, gt=0, le=3600, description="Longest sync extraction; then 504, nothing billed."
     )
     upload_url_ttl_seconds: int = Field(3600, ge=60, description="Lifetime of presigned PUT URLs.")
     result_url_ttl_seconds: int = Field(
@@ -152,6 +164,18 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         9808, ge=0, le=65535, description="Port of a worker's Prometheus `/metrics`; 0 = off."
     )
+    api_metrics_port: int = Field(
+        9807,
+        ge=0,
+        le=65535,
+        description="Port of the API's Prometheus `/metrics` (not the public port); 0 = off.",
+    )
+    metrics_bind: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the API's and workers' metrics ports listen on; `0.0.0.0` in "
+        "containers that Prometheus scrapes from outside.",
+    )
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="`json` (one object per line), `text`, or `auto`: text on a terminal."
     )
@@ -177,6 +201,10 @@ class Settings(BaseSettings):
                 f"PAGELANE_VISIBILITY_TIMEOUT_SECONDS={self.visibility_timeout_seconds} must be at "
                 f"least twice the task time limit plus the longest retry wait ({needed:.0f} s)"
             )
+        try:
+            parse_rate(self.sync_rate_limit)
+        except ValueError as exc:
+            raise ValueError(f"PAGELANE_SYNC_RATE_LIMIT: {exc}") from exc
         if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("PAGELANE_REDIS_URL must be a redis://, rediss:// or unix:// URL")
         return self

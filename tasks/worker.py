@@ -55,9 +55,8 @@ class WorkerState:
     def reset_after_fork(self, **_: Any) -> None:
         # Drop (without closing) anything inherited from the parent: its sockets belong to it.
         self._context = None
-        # Start this pool child's sandbox now, so the first item does not wait for its child
-        # interpreter to import the engine (~0.5 s; it starts in the background).
-        self.context.sandbox.start()
+        # Nothing is built here: Celery gives a new pool child 4 s (worker_proc_alive_timeout)
+        # to report for work, so the context and its sandbox child start with the first task.
 
     def close_in_child(self, **_: Any) -> None:
         """A pool child exits (recycled, or the worker stops): stop its sandbox child too."""

@@ -6,18 +6,27 @@ workers, the rate limiter), registers the blueprints and the request hooks.
 
 from __future__ import annotations
 
+import io
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, cast
 
-from flask import Response, g, redirect, request
+from flask import Response, current_app, g, redirect, request
 from flask_openapi3 import Info, OpenAPI
 
+import ocr
 from service import logs, metrics
 from service.api.auth import require_api_key
+from service.api.concurrency import SyncSlots
 from service.api.context import ApiContext
-from service.api.errors import register_error_handlers, validation_error_response
+from service.api.errors import (
+    body_too_large,
+    register_error_handlers,
+    validation_error_response,
+)
+from service.api.extract import DiskUploadRequest
+from service.api.openapi import finish_document
 from service.api.ratelimit import SubmissionRateLimiter
 from service.context import ServiceContext, make_context
 from service.migrate import check_schema_current
@@ -28,9 +37,13 @@ from tasks.dispatch import Dispatcher, make_dispatcher, make_state_redis
 
 log = logging.getLogger("pagelane.api")
 
-# Requests larger than this are refused before any parsing (a 10,000-id batch is ~400 KB; the
-# sync endpoint takes documents up to the configured file size).
+# Requests larger than this are refused before any parsing (a 10,000-id batch is ~400 KB). Only
+# the endpoints in LARGE_BODY_ENDPOINTS take more: documents up to the configured file size.
 JSON_BODY_LIMIT = 8 * 1024 * 1024
+# The multipart envelope around a document: boundaries, part headers and the option fields.
+MULTIPART_OVERHEAD = 1024 * 1024
+SYNC_EXTRACT_ENDPOINT = "extract.extract_file"
+BLOB_UPLOAD_ENDPOINT = "blobs.receive_upload"
 
 
 def create_app(
@@ -67,7 +80,11 @@ def create_app(
         doc_prefix="/docs",
         doc_url="/openapi.json",
     )
-    app.config["MAX_CONTENT_LENGTH"] = max(JSON_BODY_LIMIT, settings.max_file_bytes + 1024 * 1024)
+    # Every route reads at most 8 MiB; the two document routes raise their own request's limit
+    # (_limit_request_body). werkzeug enforces it on Content-Length before reading, and on a
+    # chunked body while reading (the stream ends in 413 at the limit).
+    app.config["MAX_CONTENT_LENGTH"] = JSON_BODY_LIMIT
+    app.request_class = DiskUploadRequest
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["pagelane"] = context
     # batch control: quotes are published to their own queue (the app only ever sends)
@@ -84,8 +101,12 @@ def create_app(
 
     # --- events (issue 16): the SSE stream and webhook endpoints
     from service.api.events import make_events_blueprint, register_events
-    from service.api.extract import make_extract_blueprint
-    from service.api.files import make_files_blueprint
+    from service.api.extract import (
+        admit_sync_request,
+        make_extract_blueprint,
+        release_sync_slot,
+    )
+    from service.api.files import FileIdConverter, make_files_blueprint
     from service.api.health import make_health_blueprint
     from service.api.quotes import PUBLISHER, make_quotes_blueprint  # batch control
     from service.api.webhooks import make_webhooks_blueprint
@@ -93,10 +114,12 @@ def create_app(
     register_events(app, settings, context.session_factory, context.redis)
     # --- end events
 
+    app.url_map.converters["fileid"] = FileIdConverter
+    extract = make_extract_blueprint()
     for blueprint in (
         make_files_blueprint(),
         make_batches_blueprint(),
-        make_extract_blueprint(),
+        extract,
         make_control_blueprint(),  # batch control
         make_quotes_blueprint(),  # batch control
         make_events_blueprint(),
@@ -105,6 +128,10 @@ def create_app(
         make_account_blueprint(),
     ):
         blueprint.before_request(require_api_key)
+        if blueprint is extract:
+            # After the key, before the body is read: the rate budget and a concurrency slot.
+            blueprint.before_request(admit_sync_request)
+            blueprint.teardown_request(release_sync_slot)
         app.register_api(blueprint)
     app.extensions[PUBLISHER] = publish_quote_chunk  # batch control
     app.register_api(make_health_blueprint())
@@ -116,6 +143,14 @@ def create_app(
 
         app.register_blueprint(make_blobs_blueprint(context.blob_store))
 
+    # Generated once, now that every route is registered, then completed (service/api/openapi.py).
+    finish_document(
+        app.api_doc,
+        languages=sorted(ocr.available_languages()),
+        max_file_bytes=settings.max_file_bytes,
+        max_files_per_batch=settings.max_files_per_batch,
+    )
+
     @app.get("/openapi.json", doc_ui=False)
     def openapi_document() -> Any:
         return app.api_doc
@@ -124,16 +159,10 @@ def create_app(
     def docs_home() -> Any:
         return redirect("/docs/swagger", code=302)
 
-    # A plain Flask route: no auth (scrapers carry no key) and not in the public OpenAPI document.
-    fleet = metrics.FleetCollector(context.session_factory)
-
-    def prometheus_metrics() -> Response:
-        body, content_type = metrics.render([fleet])
-        return Response(body, content_type=content_type)
-
-    app.add_url_rule("/metrics", "metrics", prometheus_metrics, methods=["GET"])
+    # /metrics is not on this (public) port: service/api/metrics_server.py.
 
     app.before_request(_assign_request_id)
+    app.before_request(_limit_request_body)
     app.after_request(_finish_response)
     app.teardown_request(_forget_log_context)
     register_error_handlers(app)
@@ -153,6 +182,10 @@ def _api_context(
         redis=state,
         dispatcher=dispatcher,
         rate_limiter=SubmissionRateLimiter(settings.require_redis(), settings.submit_rate_limit),
+        sync_rate_limiter=SubmissionRateLimiter(
+            settings.require_redis(), settings.sync_rate_limit, scope="sync"
+        ),
+        sync_slots=SyncSlots(state),
     )
 
 
@@ -170,6 +203,47 @@ def _assign_request_id() -> None:
     logs.bind(request_id=g.request_id)
 
 
+def _limit_request_body() -> None:
+    """The body limit of this request's route; a body over it is 413 at once, before
+    authentication, rate limits or any parsing."""
+    settings = cast(ApiContext, current_app.extensions["pagelane"]).settings
+    if request.endpoint == SYNC_EXTRACT_ENDPOINT:
+        request.max_content_length = settings.max_file_bytes + MULTIPART_OVERHEAD
+    elif request.endpoint == BLOB_UPLOAD_ENDPOINT:
+        # The view lowers it to the length signed into the URL once the signature checks out.
+        request.max_content_length = settings.max_file_bytes + 1
+    else:
+        _buffer_unsized_body(JSON_BODY_LIMIT)
+    limit = request.max_content_length
+    if limit is not None and request.content_length is not None and request.content_length > limit:
+        raise body_too_large(limit)
+
+
+def _buffer_unsized_body(limit: int) -> None:
+    """A chunked body (no Content-Length) on a small-body route: read at most ``limit`` + 1
+    bytes of it now, 413 beyond, and hand the rest of the request a sized copy.
+
+    werkzeug stops a chunked body at ``max_content_length`` by raising, except when it reads
+    the whole body at once (``get_data``, hence ``get_json``): that silently returns the first
+    ``limit`` bytes, and a truncated JSON document would then be a confusing 422."""
+    environ = request.environ
+    if request.content_length is not None or not environ.get("wsgi.input_terminated"):
+        return
+    stream = environ["wsgi.input"]
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = stream.read(min(64 * 1024, limit + 1 - len(body)))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > limit:
+        raise body_too_large(limit)
+    environ["wsgi.input"] = io.BytesIO(bytes(body))
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    request.__dict__.pop("content_length", None)  # werkzeug caches it on the request
+
+
 def _finish_response(response: Response) -> Response:
     response.headers["X-Request-Id"] = g.get("request_id", "")
     for name, value in (g.get("rate_limit_headers") or {}).items():
@@ -181,8 +255,6 @@ def _finish_response(response: Response) -> Response:
 def _observe_request(status: int) -> None:
     # The route template, not the path: ids in paths would make a series per resource.
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    if route == "/metrics":
-        return  # the scrapes themselves would only dilute the API's request rates
     started = g.get("request_started")
     seconds = time.perf_counter() - started if started is not None else 0.0
     metrics.observe_http(route, request.method, status, seconds)

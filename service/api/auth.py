@@ -26,6 +26,8 @@ def key_from_headers(headers: Mapping[str, str] | Headers) -> str:
 
 def require_api_key() -> None:
     """``before_request`` of the authenticated blueprints: 401 unless the key is live."""
+    if request.method == "OPTIONS":
+        return  # werkzeug's automatic answer (Allow) reveals nothing and runs no view
     # A Core connection, not an ORM session: every request pays for this lookup.
     with service().engine.connect() as connection:
         principal = authenticate(connection, key_from_headers(request.headers))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 from flask import Response, redirect
 from flask_openapi3 import APIBlueprint, Tag
@@ -109,23 +108,18 @@ def list_batches(query: ListBatchesQuery) -> Response:
         statement = statement.where(Batch.status == query.status)
     if query.cursor:
         try:
-            position = lifecycle.decode_cursor(query.cursor, ["c", "i"])
-            created_at = _parse_naive(position["c"])
-        except (lifecycle.InvalidCursorError, ValueError, TypeError) as exc:
-            raise ApiError(422, "invalid_cursor", "cursor is not one this API returned") from exc
+            created_at, after_id = lifecycle.decode_list_cursor(query.cursor)
+        except lifecycle.InvalidCursorError as exc:
+            raise ApiError(422, "invalid_cursor", str(exc)) from exc
         statement = statement.where(
             (Batch.created_at < created_at)
-            | ((Batch.created_at == created_at) & (Batch.id < position["i"]))
+            | ((Batch.created_at == created_at) & (Batch.id < after_id))
         )
     statement = statement.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(query.limit + 1)
     with ctx.session_factory() as session:
         rows = list(session.scalars(statement))
     page, more = rows[: query.limit], len(rows) > query.limit
-    next_cursor = (
-        lifecycle.encode_cursor({"c": page[-1].created_at.isoformat(), "i": page[-1].id})
-        if more
-        else None
-    )
+    next_cursor = lifecycle.list_cursor(page[-1].created_at, page[-1].id) if more else None
     return json_response(
         {"object": "list", "data": [batch_body(b) for b in page], "next_cursor": next_cursor}
     )
@@ -297,10 +291,6 @@ def _owned_batch_id(batch_id: str) -> None:
         )
     if found is None:
         raise not_found("batch")
-
-
-def _parse_naive(value: Any) -> datetime:
-    return datetime.fromisoformat(str(value))
 
 
 # --- idempotency (Stripe's behaviour; RELIABILITY "Idempotency keys") ---------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -49,6 +49,24 @@ def validation_error(loc: list[str | int], msg: str, type_: str = "value_error")
     return ApiError(422, "validation_error", msg, detail=[{"loc": loc, "msg": msg, "type": type_}])
 
 
+def body_too_large(limit: int | None) -> ApiError:
+    """413 for a body over its route's limit (SPEC "Request limits"): ``request_too_large``,
+    or ``document_too_large`` on the sync extraction endpoint, where the body is the document."""
+    if request.endpoint == "extract.extract_file":
+        return ApiError(
+            413,
+            "document_too_large",
+            "the document exceeds the maximum file size",
+            max_bytes=limit,
+        )
+    return ApiError(
+        413,
+        "request_too_large",
+        f"the request body exceeds {limit} bytes for this endpoint",
+        max_bytes=limit,
+    )
+
+
 def validation_error_response(exc: ValidationError) -> Response:
     """flask-openapi3's callback for request models that fail validation."""
     detail = [
@@ -62,7 +80,13 @@ def validation_error_response(exc: ValidationError) -> Response:
     first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"])
     message = f"{where}: {first['msg']}" if where else str(first["msg"])
-    response = jsonify({"error": "validation_error", "message": message, "detail": detail})
+    # SPEC: a malformed cursor is `invalid_cursor`, whichever check caught it.
+    code = (
+        "invalid_cursor"
+        if detail and all(d["loc"] and d["loc"][-1] == "cursor" for d in detail)
+        else "validation_error"
+    )
+    response = jsonify({"error": code, "message": message, "detail": detail})
     response.status_code = 422
     return response
 
@@ -89,9 +113,15 @@ def register_error_handlers(app: Flask) -> None:
         if exc.response is not None:
             return exc.response  # type: ignore[return-value]
         status = exc.code or 500
+        if status == 413:
+            return body_too_large(request.max_content_length).to_response()
         code = _HTTP_CODES.get(status, "http_error")
         response = jsonify({"error": code, "message": exc.description or code})
         response.status_code = status
+        # The exception's own headers: 405 carries Allow (RFC 9110 15.5.6), 401 WWW-Authenticate.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
         return response
 
     @app.errorhandler(Exception)

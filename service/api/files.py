@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import select
+from werkzeug.routing import BaseConverter
 
 from service.api import deletes  # batch control
 from service.api.bodies import file_body
@@ -48,7 +49,13 @@ def make_files_blueprint() -> APIBlueprint:
         """Register up to 1,000 uploads in one request (one rate-limit hit)."""
         return json_response({"object": "list", "data": _register(body.files)})
 
-    @bp.get("/<file_id>", responses=responses(FileResource, 401, 404))
+    # Only file ids route here, so `/v1/files/bulk` is not also "GET a file named bulk" (its
+    # 405 and OPTIONS answer Allow: POST, as the document says).
+    @bp.get(
+        "/<fileid:file_id>",
+        responses=responses(FileResource, 401, 404),
+        operation_id="files_get_file__file_id__get",
+    )
     def get_file(path: FilePath) -> Response:
         """Read a file; while awaiting upload it re-checks the blob store."""
         ctx = service()
@@ -69,6 +76,12 @@ def make_files_blueprint() -> APIBlueprint:
     # batch control
     bp.delete("/<file_id>", responses=deletes.DELETE_FILE_RESPONSES)(deletes.delete_file)
     return bp
+
+
+class FileIdConverter(BaseConverter):
+    """``file_`` and the rest of one path segment (the app registers it as ``fileid``)."""
+
+    regex = r"file_[^/]*"
 
 
 def _register(requests: list[CreateFile]) -> list[dict]:

@@ -2,7 +2,7 @@
 
 A moving window gives the guarantee SPEC states literally: in any 60 s, exactly the configured
 number of submissions pass on a key. `POST /v1/files`, `/v1/files/bulk` and `/v1/batches` share
-one budget.
+one budget (scope ``submit``); `POST /v1/extract/file` has its own (scope ``sync``).
 """
 
 from __future__ import annotations
@@ -35,15 +35,18 @@ class RateDecision:
 
 
 class SubmissionRateLimiter:
-    def __init__(self, redis_url: str, rate: str, *, namespace: str = "pagelane") -> None:
+    def __init__(
+        self, redis_url: str, rate: str, *, namespace: str = "pagelane", scope: str = "submit"
+    ) -> None:
         self._item: RateLimitItem = parse(rate)
+        self._scope = scope
         self._limiter = MovingWindowRateLimiter(
             RedisStorage(redis_url, key_prefix=f"{namespace}:rl")
         )
 
     def hit(self, key_id: str) -> RateDecision:
-        allowed = self._limiter.hit(self._item, "submit", key_id)
-        stats = self._limiter.get_window_stats(self._item, "submit", key_id)
+        allowed = self._limiter.hit(self._item, self._scope, key_id)
+        stats = self._limiter.get_window_stats(self._item, self._scope, key_id)
         return RateDecision(
             allowed=allowed,
             limit=self._item.amount,

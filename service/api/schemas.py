@@ -9,12 +9,62 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from flask_openapi3 import FileStorage
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from service.lifecycle import ITEM_CURSOR_PATTERN, LIST_CURSOR_PATTERN
 
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+# Text that ends up in the database or in logs. Postgres refuses NUL in text columns (a 500
+# before this check), and neither database can store an unpaired surrogate (json.loads lets
+# "\ud800" through). Control characters have no business in names, types, keys or ids. The
+# document carries the control-character pattern (the surrogates cannot be written in a
+# portable JSON Schema regex, and no conforming client produces them).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+_NO_NUL = re.compile(r"\x00")
+
+
+def _plain_text(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    if _SURROGATE.search(value):
+        raise ValueError("must be valid Unicode (an unpaired surrogate was sent)")
+    return value
+
+
+def _free_text(value: str) -> str:
+    # Free text (metadata values) may hold tabs and newlines, never NUL.
+    if _NO_NUL.search(value):
+        raise ValueError("must not contain NUL characters")
+    if _SURROGATE.search(value):
+        raise ValueError("must be valid Unicode (an unpaired surrogate was sent)")
+    return value
+
+
+PlainText = Annotated[
+    str, AfterValidator(_plain_text), Field(json_schema_extra={"pattern": NO_CONTROL_PATTERN})
+]
+FreeText = Annotated[
+    str, AfterValidator(_free_text), Field(json_schema_extra={"pattern": r"^[^\x00]*$"})
+]
+# The characters of our ids (service/ids.py: a prefix, "_", base32hex). A path id that cannot
+# be one is refused by validation (422) before any query; a well-formed unknown one is 404.
+LANGUAGE_PATTERN = r"^[A-Za-z]{3}(_[A-Za-z]{3,4})?$"
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class StrictModel(BaseModel):
@@ -44,9 +94,13 @@ class ErrorResponse(BaseModel):
 
 class CreateFile(StrictModel):
     size_bytes: int = Field(gt=0, description="Exact size of the bytes that will be PUT.")
-    filename: str | None = Field(None, max_length=512)
-    content_type: str | None = Field(None, max_length=128)
-    sha256: str | None = Field(None, description="Hex digest; when given, the worker verifies it.")
+    filename: PlainText | None = Field(None, max_length=512)
+    content_type: PlainText | None = Field(None, max_length=128)
+    sha256: str | None = Field(
+        None,
+        pattern=SHA256_HEX.pattern,
+        description="Hex digest; when given, the worker verifies it.",
+    )
 
     @field_validator("sha256")
     @classmethod
@@ -87,7 +141,7 @@ class FileList(BaseModel):
 
 
 class FilePath(BaseModel):
-    file_id: str = Field(max_length=64)
+    file_id: str = Field(max_length=64, pattern=ID_PATTERN)
 
 
 # --- batches ---------------------------------------------------------------------------------
@@ -98,22 +152,47 @@ class BatchOptions(StrictModel):
     extract_images: bool = True
     extract_tables: bool = True
     ocr: Literal["auto", "force", "never"] = "auto"
-    languages: list[str] = Field(default_factory=lambda: ["eng"], min_length=1, max_length=8)
+    languages: list[Annotated[str, Field(pattern=LANGUAGE_PATTERN)]] = Field(
+        default_factory=lambda: ["eng"], min_length=1, max_length=8
+    )
 
     @field_validator("languages")
     @classmethod
     def _tesseract_codes(cls, value: list[str]) -> list[str]:
         for code in value:
-            if not re.fullmatch(r"[a-z]{3}(_[a-z]{3,4})?", code, flags=re.IGNORECASE):
+            if not re.fullmatch(LANGUAGE_PATTERN, code):
                 raise ValueError(f"{code!r} is not a tesseract language code (like 'eng')")
         return value
 
 
+# pydantic would say "keys matching the pattern must have string values", which leaves every
+# other key free; the validators below say "16 keys at most, each ≤ 64 characters without
+# control characters, string values ≤ 512 without NUL".
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": 16,
+    "patternProperties": {
+        r"^[^\x00-\x1f\x7f]{0,64}$": {
+            "type": "string",
+            "maxLength": 512,
+            "pattern": r"^[^\x00]*$",
+        }
+    },
+    "additionalProperties": False,
+}
+
+
 class CreateBatch(StrictModel):
-    file_ids: list[str] = Field(min_length=1, description="1..10,000 unique file ids.")
+    file_ids: list[PlainText] = Field(
+        min_length=1,
+        description="1..10,000 unique file ids.",
+        json_schema_extra={"uniqueItems": True},
+    )
     options: BatchOptions = Field(default_factory=BatchOptions)
-    metadata: dict[str, str] = Field(default_factory=dict)
-    engine: str | None = Field(None, max_length=100)
+    metadata: Annotated[dict[PlainText, FreeText], WithJsonSchema(METADATA_SCHEMA)] = Field(
+        default_factory=dict
+    )
+    engine: PlainText | None = Field(None, max_length=100)
 
     @field_validator("file_ids")
     @classmethod
@@ -137,7 +216,10 @@ class CreateBatch(StrictModel):
 
 class IdempotencyHeader(BaseModel):
     model_config = ConfigDict(extra="allow")
-    idempotency_key: str | None = Field(None, alias="Idempotency-Key", max_length=255)
+    # Printable ASCII: a header value is latin-1 on the wire, and the key is stored as text.
+    idempotency_key: str | None = Field(
+        None, alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$"
+    )
 
 
 class ItemError(BaseModel):
@@ -238,12 +320,12 @@ class BatchList(BaseModel):
 
 
 class BatchPath(BaseModel):
-    batch_id: str = Field(max_length=64)
+    batch_id: str = Field(max_length=64, pattern=ID_PATTERN)
 
 
 class ItemPath(BaseModel):
-    batch_id: str = Field(max_length=64)
-    item_id: str = Field(max_length=64)
+    batch_id: str = Field(max_length=64, pattern=ID_PATTERN)
+    item_id: str = Field(max_length=64, pattern=ID_PATTERN)
 
 
 class QueryModel(BaseModel):
@@ -263,8 +345,18 @@ def _default_json_schema(model: type[QueryModel]) -> dict[str, Any]:
     return super(QueryModel, model).model_json_schema()
 
 
+# A cursor is opaque to clients, and exactly a regular expression to us (service/lifecycle.py):
+# every string the pattern admits is a position, anything else is 422 invalid_cursor.
+def _cursor_field(pattern: str) -> Any:
+    return Field(
+        None,
+        pattern=pattern,
+        description="Opaque: pass back a `next_cursor` this API returned.",
+    )
+
+
 class PollQuery(QueryModel):
-    cursor: str | None = Field(None, max_length=512)
+    cursor: str | None = _cursor_field(ITEM_CURSOR_PATTERN)
     limit: int = Field(100, ge=1, le=500)
 
 
@@ -272,7 +364,7 @@ class ListBatchesQuery(QueryModel):
     status: (
         Literal["pending", "running", "completed", "partially_failed", "failed", "cancelled"] | None
     ) = None
-    cursor: str | None = Field(None, max_length=512)
+    cursor: str | None = _cursor_field(LIST_CURSOR_PATTERN)
     limit: int = Field(50, ge=1, le=200)
 
 
@@ -283,19 +375,40 @@ class ResultQuery(QueryModel):
 # --- sync extraction -------------------------------------------------------------------------
 
 
+def _form_bool(value: Any) -> bool:
+    # The document says boolean, which a form spells "true" or "false" (flask-openapi3 hands
+    # over json.loads of the field, so those arrive as bools). pydantic would also take 0, 1,
+    # "yes", "on"..., and the document and the validation would disagree.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError('must be "true" or "false"')
+
+
+FormBool = Annotated[bool, BeforeValidator(_form_bool)]
+
+
 class ExtractForm(BaseModel):
     """multipart/form-data: the file plus the batch option fields, as form values."""
 
     file: FileStorage
-    extract_text: bool = True
-    extract_images: bool = True
-    extract_tables: bool = True
+    extract_text: FormBool = True
+    extract_images: FormBool = True
+    extract_tables: FormBool = True
     ocr: Literal["auto", "force", "never"] = "auto"
-    languages: list[str] | None = Field(None, description="Repeat the field or comma-separate.")
+    # No minItems: multipart cannot send an empty list, and no field at all means ["eng"].
+    languages: list[Annotated[str, Field(pattern=LANGUAGE_PATTERN)]] = Field(
+        default_factory=lambda: ["eng"],
+        max_length=8,
+        description="Repeat the field or comma-separate; absent: eng.",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _split_languages(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("languages") in ([], ""):
+            data = {k: v for k, v in data.items() if k != "languages"}
         if isinstance(data, dict) and isinstance(data.get("languages"), str):
             data = {
                 **data,

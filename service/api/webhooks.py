@@ -198,9 +198,8 @@ def list_deliveries(path: WebhookEndpointPath, query: DeliveriesQuery) -> Respon
         statement = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
         if query.cursor:
             try:
-                position = lifecycle.decode_cursor(query.cursor, ["c", "i"])
-                created_at = datetime.fromisoformat(position["c"])
-            except (lifecycle.InvalidCursorError, ValueError, TypeError) as exc:
+                created_at, after_id = lifecycle.decode_list_cursor(query.cursor, prefix="whd_")
+            except lifecycle.InvalidCursorError as exc:
                 raise ApiError(
                     422, "invalid_cursor", "cursor is not one this API returned"
                 ) from exc
@@ -209,7 +208,7 @@ def list_deliveries(path: WebhookEndpointPath, query: DeliveriesQuery) -> Respon
                     WebhookDelivery.created_at < created_at,
                     and_(
                         WebhookDelivery.created_at == created_at,
-                        WebhookDelivery.id < str(position["i"]),
+                        WebhookDelivery.id < after_id,
                     ),
                 )
             )
@@ -221,7 +220,7 @@ def list_deliveries(path: WebhookEndpointPath, query: DeliveriesQuery) -> Respon
         page, more = rows[: query.limit], len(rows) > query.limit
         data = [webhooks.delivery_body(d) for d in page]
         cursor = (
-            lifecycle.encode_cursor({"c": page[-1].created_at.isoformat(), "i": page[-1].id})
+            lifecycle.list_cursor(page[-1].created_at, page[-1].id, prefix="whd_")
             if more
             else None
         )

@@ -56,6 +56,9 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
             # Structured logs for gunicorn's own lines and the app's (service/logs.py).
             "--logger-class",
             "service.logs.GunicornLogger",
+            # Its when_ready hook serves /metrics on the metrics port, not this public one.
+            "--config",
+            "python:service.api.gunicorn_conf",
             "service.api.app:create_app()",
         ],
     )
@@ -85,7 +88,7 @@ def worker(concurrency: int, queues: str, loglevel: str, hostname: str | None) -
     app = make_worker_app(settings)
     # In this, the parent process, before the pool forks: one endpoint adds up every child's
     # files. The children inherit the listening socket but never serve it.
-    metrics.start_worker_metrics_server(settings.worker_metrics_port)
+    metrics.start_worker_metrics_server(settings.worker_metrics_port, settings.metrics_bind)
     argv = celery_worker_argv(
         concurrency=concurrency,
         queues=queues,

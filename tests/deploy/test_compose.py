@@ -213,6 +213,9 @@ def test_api_under_gunicorn_on_8080(compose: dict[str, Any]) -> None:
     _, params = parse_pagelane_args(api["command"])
     assert params["host"] == "0.0.0.0" and params["port"] == 8080
     assert any(str(p).endswith(":8080") for p in api["ports"])
+    # Only the public port is published; the metrics ports stay on the project network.
+    assert not any("9807" in str(p) or "9808" in str(p) for p in api["ports"])
+    assert api["environment"]["PAGELANE_METRICS_BIND"] == "0.0.0.0"
     assert api["healthcheck"]["test"][-3:] == ["api", "--port", "8080"]
     assert seconds(api["stop_grace_period"]) > 30  # gunicorn's --graceful-timeout
 

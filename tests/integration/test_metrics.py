@@ -22,6 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service import metrics
 from service.api.app import create_app
 from service.models import ItemStatus
 from service.settings import Settings
@@ -64,8 +65,12 @@ def start_api(settings: Settings, tmp: Path, *, workers: int = 2) -> tuple[Proc,
     metrics_dir = tmp / f"api-metrics-{port}"
     metrics_dir.mkdir()
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # /metrics is not on the public port: gunicorn's master serves it on its own.
+    env["PAGELANE_API_METRICS_PORT"] = str(free_port())
     proc = Proc(argv, env, tmp / f"api-{port}.log")
     url = f"http://127.0.0.1:{port}"
+    metrics_url = f"http://127.0.0.1:{env['PAGELANE_API_METRICS_PORT']}/metrics"
+    proc.metrics_url = metrics_url  # type: ignore[attr-defined]
 
     def ready() -> bool:
         try:
@@ -114,7 +119,7 @@ def test_worker_and_api_metrics_after_a_batch(stack: Stack, api: tuple[Proc, str
 
     def scrape_while_running() -> Samples | None:
         # Retried only for the instant between one item finishing and the next starting.
-        samples = scrape(f"{api_url}/metrics")
+        samples = scrape(api_proc.metrics_url)
         running = value(samples, "pagelane_customer_running_items", customer_id=customer)
         return samples if running == 1 else None
 
@@ -160,7 +165,8 @@ def test_worker_and_api_metrics_after_a_batch(stack: Stack, api: tuple[Proc, str
     unauthorised = httpx.get(f"{api_url}/v1/batches/{batch['id']}",
                              headers={"X-Request-Id": request_id}, timeout=5)
     assert unauthorised.status_code == 401
-    after = scrape(f"{api_url}/metrics")
+    assert httpx.get(f"{api_url}/metrics", timeout=5).status_code == 404  # not public
+    after = scrape(api_proc.metrics_url)
     assert value(after, "pagelane_http_requests_total",
                  route="/healthz", method="GET", status="200") == 12
     assert value(after, "pagelane_http_request_duration_seconds_count", route="/healthz") == 12
@@ -223,10 +229,9 @@ def test_readyz_follows_postgres(make_settings: Any, postgres_url: str, flush_re
         proxy.cut()
         status, checks = _readyz(client)
         assert status == 503 and checks["database"].startswith("error") and checks["redis"] == "ok"
-        # /metrics still answers without the database (only the fleet gauges are missing).
-        metrics = client.get("/metrics")
-        assert metrics.status_code == 200
-        assert b"pagelane_customer_running_items{" not in metrics.data
+        # A scrape still answers without the database (only the fleet gauges are missing).
+        body, _ = metrics.render([metrics.FleetCollector(ctx.session_factory)])
+        assert b"pagelane_customer_running_items{" not in body
         proxy.target = reachable
         wait_for(lambda: _readyz(client)[0] == 200, 15, 0.2, "readiness after Postgres returns")
     finally:
