@@ -105,8 +105,18 @@ class _Climb(ast.NodeVisitor):
             return self.names.get(node.id)
         if isinstance(node, ast.Call):
             func = _dotted(node.func)
-            if func in {"Path", "pathlib.Path", "PurePath", "os.path.abspath",
-                        "os.path.realpath", "os.path.normpath"} and node.args:
+            if (
+                func
+                in {
+                    "Path",
+                    "pathlib.Path",
+                    "PurePath",
+                    "os.path.abspath",
+                    "os.path.realpath",
+                    "os.path.normpath",
+                }
+                and node.args
+            ):
                 base = self.steps(node.args[0])
                 if base is not None:
                     return base + sum(_dotdots(a) or 0 for a in node.args[1:])
@@ -120,7 +130,9 @@ class _Climb(ast.NodeVisitor):
                     return None
                 return base + sum(_dotdots(a) or 0 for a in node.args[1:])
             if isinstance(node.func, ast.Attribute) and node.func.attr in {
-                "resolve", "absolute", "expanduser"
+                "resolve",
+                "absolute",
+                "expanduser",
             }:
                 return self.steps(node.func.value)
             return None
@@ -157,14 +169,20 @@ class _Climb(ast.NodeVisitor):
             and node.args
             and (_dotdots(node.args[0]) or 0) > 0
         ):
-            self.findings.append((node.lineno, "a path relative to the working directory "
-                                               "climbs out of the repository root"))
+            self.findings.append(
+                (
+                    node.lineno,
+                    "a path relative to the working directory climbs out of the repository root",
+                )
+            )
         value = self.steps(node) if isinstance(node, ast.expr) else None
         if value is not None and value > self.depth:
             self.findings.append(
-                (getattr(node, "lineno", 0),
-                 f"climbs {value} levels from the file, {value - self.depth} above the repository"
-                 " root")
+                (
+                    getattr(node, "lineno", 0),
+                    f"climbs {value} levels from the file, {value - self.depth} above the"
+                    " repository root",
+                )
             )
             return  # report the outermost expression once
         super().generic_visit(node)
@@ -232,8 +250,7 @@ def check(root: Path) -> list[str]:
             if match:
                 hits.append((number, f"names a path outside the repository ({match.group(0)!r})"))
             elif not python:
-                reason = check_shell(rel, line.split("#", 1)[0] if rel.name != "Makefile"
-                                     else line)
+                reason = check_shell(rel, line.split("#", 1)[0] if rel.name != "Makefile" else line)
                 if reason:
                     hits.append((number, reason))
         if python:
@@ -252,12 +269,15 @@ def main(argv: list[str]) -> int:
     for finding in findings:
         print(finding, file=sys.stderr)
     if findings:
-        print(f"\n{len(findings)} reference(s) outside the repository: the suite and the"
-              " benchmarks must run from a fresh clone (documents go in tests/corpus).",
-              file=sys.stderr)
+        print(
+            f"\n{len(findings)} reference(s) outside the repository: the suite and the"
+            " benchmarks must run from a fresh clone (documents go in tests/corpus).",
+            file=sys.stderr,
+        )
         return 1
-    print("self-contained: tests/, bench/, .ci/ and the Makefile read nothing outside the"
-          " repository")
+    print(
+        "self-contained: tests/, bench/, .ci/ and the Makefile read nothing outside the repository"
+    )
     return 0
 
 

@@ -56,8 +56,12 @@ def main() -> None:
     # for the GIL and make every S3 call look slower than it is.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    server = subprocess.Popen([sys.executable, "-m", "tests.support.s3server"],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.s3server"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     assert server.stdout is not None
     endpoint_url = server.stdout.readline().strip()
     redis.Redis.from_url(REDIS_URL).flushdb()

@@ -37,7 +37,9 @@ from tests.corpus import CORPUS  # noqa: E402
 
 TEXT_ONLY = {"extract_images": False, "extract_tables": False, "ocr": "auto"}
 OCR_DOCUMENTS = [
-    "scan-generated-multipage-3p.pdf", "scan-skewed-1p.pdf", "scan-french-lowres-1p.pdf"
+    "scan-generated-multipage-3p.pdf",
+    "scan-skewed-1p.pdf",
+    "scan-french-lowres-1p.pdf",
 ]
 
 
@@ -75,8 +77,10 @@ def text_layer_section(corpus: Path, repeat: int) -> None:
     manifest = json.loads((corpus / "MANIFEST.json").read_text())["files"]
     docs = [f for f in manifest if f["expected_outcome"] == "text" and not f.get("password")]
     print(f"== text layer: pages/s (best of {repeat}, interleaved; pdfplumber once) ==")
-    header = (f"{'document':<44}{'pages':>6}{'ours':>9}{'ours+tbl':>9}{'bare':>9}"
-              f"{'plumber':>9}{'vs plumber':>11}{'vs bare':>9}")
+    header = (
+        f"{'document':<44}{'pages':>6}{'ours':>9}{'ours+tbl':>9}{'bare':>9}"
+        f"{'plumber':>9}{'vs plumber':>11}{'vs bare':>9}"
+    )
     print(header)
     totals = {"pages": 0, "ours": 0.0, "full": 0.0, "bare": 0.0, "plumber": 0.0}
     for entry in docs:
@@ -94,18 +98,27 @@ def text_layer_section(corpus: Path, repeat: int) -> None:
         totals["full"] += full
         totals["bare"] += bare
         totals["plumber"] += plumber
-        print(f"{entry['name'][:43]:<44}{pages:>6}{pages / ours:>9.0f}{pages / full:>9.0f}"
-              f"{pages / bare:>9.0f}{pages / plumber:>9.1f}{plumber / ours:>10.1f}x"
-              f"{ours / bare:>8.2f}x", flush=True)
+        print(
+            f"{entry['name'][:43]:<44}{pages:>6}{pages / ours:>9.0f}{pages / full:>9.0f}"
+            f"{pages / bare:>9.0f}{pages / plumber:>9.1f}{plumber / ours:>10.1f}x"
+            f"{ours / bare:>8.2f}x",
+            flush=True,
+        )
     n = totals["pages"]
-    print(f"{'ALL':<44}{n:>6}{n / totals['ours']:>9.0f}{n / totals['full']:>9.0f}"
-          f"{n / totals['bare']:>9.0f}{n / totals['plumber']:>9.1f}"
-          f"{totals['plumber'] / totals['ours']:>10.1f}x{totals['ours'] / totals['bare']:>8.2f}x")
-    print(f"ours = ocr.extract text path (tables/images off); ours+tbl = default options;"
-          f" ms/page: ours {1000 * totals['ours'] / n:.2f}, bare {1000 * totals['bare'] / n:.2f},"
-          f" pdfplumber {1000 * totals['plumber'] / n:.1f}")
-    print(f"goals: ours vs pdfplumber >= 10x -> {totals['plumber'] / totals['ours']:.1f}x;"
-          f" ours vs bare <= 3x -> {totals['ours'] / totals['bare']:.2f}x")
+    print(
+        f"{'ALL':<44}{n:>6}{n / totals['ours']:>9.0f}{n / totals['full']:>9.0f}"
+        f"{n / totals['bare']:>9.0f}{n / totals['plumber']:>9.1f}"
+        f"{totals['plumber'] / totals['ours']:>10.1f}x{totals['ours'] / totals['bare']:>8.2f}x"
+    )
+    print(
+        f"ours = ocr.extract text path (tables/images off); ours+tbl = default options;"
+        f" ms/page: ours {1000 * totals['ours'] / n:.2f}, bare {1000 * totals['bare'] / n:.2f},"
+        f" pdfplumber {1000 * totals['plumber'] / n:.1f}"
+    )
+    print(
+        f"goals: ours vs pdfplumber >= 10x -> {totals['plumber'] / totals['ours']:.1f}x;"
+        f" ours vs bare <= 3x -> {totals['ours'] / totals['bare']:.2f}x"
+    )
 
 
 def ocr_section(corpus: Path) -> None:
@@ -120,10 +133,14 @@ def ocr_section(corpus: Path) -> None:
         dt = time.perf_counter() - t0
         pages += result["page_count"]
         seconds += dt
-        print(f"{name:<44}{result['page_count']:>6} pages {dt:>7.2f} s"
-              f" {result['page_count'] / dt:>6.2f} pages/s")
-    print(f"{'ALL':<44}{pages:>6} pages {seconds:>7.2f} s {pages / seconds:>6.2f} pages/s per core"
-          f" ({seconds / pages:.2f} s/page)")
+        print(
+            f"{name:<44}{result['page_count']:>6} pages {dt:>7.2f} s"
+            f" {result['page_count'] / dt:>6.2f} pages/s"
+        )
+    print(
+        f"{'ALL':<44}{pages:>6} pages {seconds:>7.2f} s {pages / seconds:>6.2f} pages/s per core"
+        f" ({seconds / pages:.2f} s/page)"
+    )
 
 
 RSS_CHILD = r"""
@@ -162,15 +179,23 @@ def thousand_page_pdf() -> bytes:
 
     pages = []
     for p in range(1, 1001):
-        lines = [(72.0, 760.0 - 14 * i, 10.0, f"Page {p} line {i + 1}: the quick brown fox jumps"
-                  " over the lazy dog, again and again, to fill the line")
-                 for i in range(45)]
+        lines = [
+            (
+                72.0,
+                760.0 - 14 * i,
+                10.0,
+                f"Page {p} line {i + 1}: the quick brown fox jumps"
+                " over the lazy dog, again and again, to fill the line",
+            )
+            for i in range(45)
+        ]
         ops = hostile.text_ops(lines)
         if p % 10 == 0:  # a ruled table and a figure on every tenth page
             grid = [b"%d 100 m %d 160 l S" % (x, x) for x in (72, 172, 272, 372)]
             grid += [b"72 %d m 372 %d l S" % (y, y) for y in (100, 130, 160)]
-            cells = [(80 + 100 * c, 108 + 30 * r, 9.0, f"r{r}c{c}")
-                     for r in (0, 1) for c in (0, 1, 2)]
+            cells = [
+                (80 + 100 * c, 108 + 30 * r, 9.0, f"r{r}c{c}") for r in (0, 1) for c in (0, 1, 2)
+            ]
             ops += b"\n" + b"\n".join(grid) + b"\n" + hostile.text_ops(cells)
             ops += b"\nq 120 0 0 120 420 80 cm /Im1 Do Q"
         pages.append(ops)
@@ -185,17 +210,28 @@ def rss_section() -> None:
         f.flush()
         out = {}
         for mode in ("import", "extract"):
-            proc = subprocess.run([sys.executable, "-c", RSS_CHILD, f.name, mode], cwd=ROOT,
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", RSS_CHILD, f.name, mode],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     e = out["extract"]
-    print(f"input {len(data) / 1e6:.1f} MB, {e['pages']} pages, {e['chunks']} chunks,"
-          f" result JSON {e['result_bytes'] / 1e6:.1f} MB, {e['seconds']:.1f} s"
-          f" ({e['pages'] / e['seconds']:.0f} pages/s)")
-    print(f"peak RSS (VmHWM): {e['vm_hwm_mb']:.0f} MB extracting (goal <= 500 MB);"
-          f" {out['import']['vm_hwm_mb']:.0f} MB after imports only")
-    print(f"(ru_maxrss says {e['max_rss_mb']:.0f} MB, but on Linux it includes the bench"
-          f" process's own RSS at fork time, carried across exec)")
+    print(
+        f"input {len(data) / 1e6:.1f} MB, {e['pages']} pages, {e['chunks']} chunks,"
+        f" result JSON {e['result_bytes'] / 1e6:.1f} MB, {e['seconds']:.1f} s"
+        f" ({e['pages'] / e['seconds']:.0f} pages/s)"
+    )
+    print(
+        f"peak RSS (VmHWM): {e['vm_hwm_mb']:.0f} MB extracting (goal <= 500 MB);"
+        f" {out['import']['vm_hwm_mb']:.0f} MB after imports only"
+    )
+    print(
+        f"(ru_maxrss says {e['max_rss_mb']:.0f} MB, but on Linux it includes the bench"
+        f" process's own RSS at fork time, carried across exec)"
+    )
 
 
 def main() -> int:

@@ -119,8 +119,12 @@ def main() -> int:
         cells = []
         for dpi in dpis:
             config = ocr.EngineConfig(ocr_dpi=dpi)
-            opts = {"ocr": "force", "languages": langs, "extract_images": False,
-                    "extract_tables": False}
+            opts = {
+                "ocr": "force",
+                "languages": langs,
+                "extract_images": False,
+                "extract_tables": False,
+            }
             t0 = time.perf_counter()
             result = ocr.extract(data, opts, config=config)
             seconds[dpi] += time.perf_counter() - t0
@@ -144,8 +148,10 @@ def main() -> int:
 
     print(line("overall", totals))
     print(line("clean English pages (goal <= 3 %)", clean_totals))
-    print(f"{'OCR seconds per page (1 core)':<46} " + " ".join(
-        f"{seconds[d] / max(1, pages_done[d]):8.2f}s" for d in dpis))
+    print(
+        f"{'OCR seconds per page (1 core)':<46} "
+        + " ".join(f"{seconds[d] / max(1, pages_done[d]):8.2f}s" for d in dpis)
+    )
     return 0
 
 

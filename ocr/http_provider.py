@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 _TRANSIENT_STATUS = {408, 425, 429}
 DEFAULT_PROMPT = (
     "Extract the text of this document page. Output the layout as a single JSON array in "
-    "reading order, one object per layout element, with the keys \"bbox\" ([x1, y1, x2, y2] in "
-    "pixels of this image), \"category\" and \"text\" (tables as Markdown). Output only the JSON. "
+    'reading order, one object per layout element, with the keys "bbox" ([x1, y1, x2, y2] in '
+    'pixels of this image), "category" and "text" (tables as Markdown). Output only the JSON. '
     "Languages likely present: {languages}."
 )
 

@@ -56,7 +56,10 @@ PASSWORD_MESSAGE = "The document is password-protected; remove the password and 
 #: sniffed MIME -> (LibreOffice import filter, application family, file suffix)
 FILTERS: dict[str, tuple[str, str, str]] = {
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": (
-        "MS Word 2007 XML", "writer", ".docx"),
+        "MS Word 2007 XML",
+        "writer",
+        ".docx",
+    ),
     "application/msword": ("MS Word 97", "writer", ".doc"),
     "application/vnd.oasis.opendocument.text": ("writer8", "writer", ".odt"),
     "application/rtf": ("Rich Text Format", "writer", ".rtf"),
@@ -64,12 +67,18 @@ FILTERS: dict[str, tuple[str, str, str]] = {
     # EPUB is flattened to one HTML file first (ocr/epub.py): LibreOffice has no EPUB import
     "application/epub+zip": ("HTML (StarWriter)", "writer", ".html"),
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": (
-        "Calc MS Excel 2007 XML", "calc", ".xlsx"),
+        "Calc MS Excel 2007 XML",
+        "calc",
+        ".xlsx",
+    ),
     "application/vnd.ms-excel.sheet.macroEnabled.12": ("Calc MS Excel 2007 XML", "calc", ".xlsm"),
     "application/vnd.ms-excel": ("MS Excel 97", "calc", ".xls"),
     "application/vnd.oasis.opendocument.spreadsheet": ("calc8", "calc", ".ods"),
     "application/vnd.openxmlformats-officedocument.presentationml.presentation": (
-        "Impress MS PowerPoint 2007 XML", "impress", ".pptx"),
+        "Impress MS PowerPoint 2007 XML",
+        "impress",
+        ".pptx",
+    ),
     "application/vnd.ms-powerpoint": ("MS PowerPoint 97", "impress", ".ppt"),
     "application/vnd.oasis.opendocument.presentation": ("impress8", "impress", ".odp"),
 }
@@ -197,16 +206,23 @@ class OfficeConverter:
             log.error("office converter failed to start: %s", hello.get("detail"))
             raise ConverterUnavailableError("The document converter did not start.")
         self.network_isolated = isolate
-        log.info("office converter started in %.2f s (network isolated: %s)",
-                 time.monotonic() - t0, isolate)
+        log.info(
+            "office converter started in %.2f s (network isolated: %s)",
+            time.monotonic() - t0,
+            isolate,
+        )
 
     def _can_isolate(self) -> bool:
         mode = self.settings.isolate_network
         if mode == "off":
             return False
-        ok = shutil.which("unshare") is not None and subprocess.run(
-            ["unshare", "--net", "--", "true"], capture_output=True, timeout=10
-        ).returncode == 0
+        ok = (
+            shutil.which("unshare") is not None
+            and subprocess.run(
+                ["unshare", "--net", "--", "true"], capture_output=True, timeout=10
+            ).returncode
+            == 0
+        )
         if mode == "on" and not ok:
             raise ConverterUnavailableError("Network isolation for the converter is unavailable.")
         return ok
@@ -281,9 +297,14 @@ class OfficeConverter:
                 src, dst = job / f"input{suffix}", job / "output.pdf"
                 src.write_bytes(data)
                 request = {
-                    "op": "convert", "src": str(src), "dst": str(dst), "filter": import_filter,
-                    "family": family, "max_pages": max_pages,
-                    "max_rows": self.settings.max_rows, "max_cols": self.settings.max_cols,
+                    "op": "convert",
+                    "src": str(src),
+                    "dst": str(dst),
+                    "filter": import_filter,
+                    "family": family,
+                    "max_pages": max_pages,
+                    "max_rows": self.settings.max_rows,
+                    "max_cols": self.settings.max_cols,
                 }
                 limit = self.settings.timeout_s if timeout_s is None else timeout_s
                 try:

@@ -114,8 +114,11 @@ def epub_to_html(data: bytes) -> bytes:
     if not parts:
         raise CorruptDocumentError("The EPUB has no readable chapters.")
     joined = b'\n<p style="page-break-before: always"></p>\n'.join(parts)
-    page = (b'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
-            + _strip_attrs_refs(sanitize_html(joined)) + b"</body></html>")
+    page = (
+        b'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
+        + _strip_attrs_refs(sanitize_html(joined))
+        + b"</body></html>"
+    )
     return page
 
 

@@ -98,8 +98,15 @@ def read_member(zf: zipfile.ZipFile, name: str, cap: int = MAX_MANIFEST_BYTES) -
                 out += piece
                 if len(out) > cap:
                     return None
-    except (zipfile.BadZipFile, zlib.error, OSError, NotImplementedError, RuntimeError,
-            EOFError, ValueError):
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        OSError,
+        NotImplementedError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+    ):
         return None
     return bytes(out)
 
@@ -163,8 +170,7 @@ def ole_stream_names(data: bytes) -> set[str] | None:
         difat_next = struct.unpack_from("<I", data, 68)[0]
         n_difat = struct.unpack_from("<I", data, 72)[0]
         seen: set[int] = set()
-        while difat_next < n_sectors and len(seen) < min(n_difat, 1000) and \
-                difat_next not in seen:
+        while difat_next < n_sectors and len(seen) < min(n_difat, 1000) and difat_next not in seen:
             seen.add(difat_next)
             off = (difat_next + 1) * ssize
             ids = struct.unpack_from(f"<{ssize // 4}I", data, off)
@@ -184,7 +190,7 @@ def ole_stream_names(data: bytes) -> set[str] | None:
             visited.add(sector)
             off = (sector + 1) * ssize
             for e in range(ssize // 128):
-                entry = data[off + e * 128: off + (e + 1) * 128]
+                entry = data[off + e * 128 : off + (e + 1) * 128]
                 if len(entry) < 128:
                     break
                 name_len = struct.unpack_from("<H", entry, 64)[0]
@@ -216,9 +222,25 @@ def sniff_ole(data: bytes) -> OfficeSniff | None:
 # -- text formats ---------------------------------------------------------------------------
 
 _BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
-_HTML_TAGS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<script", b"<iframe", b"<h1",
-              b"<div", b"<font", b"<table", b"<a", b"<style", b"<title", b"<b", b"<br", b"<p",
-              b"<?xml")
+_HTML_TAGS = (
+    b"<!doctype html",
+    b"<html",
+    b"<head",
+    b"<body",
+    b"<script",
+    b"<iframe",
+    b"<h1",
+    b"<div",
+    b"<font",
+    b"<table",
+    b"<a",
+    b"<style",
+    b"<title",
+    b"<b",
+    b"<br",
+    b"<p",
+    b"<?xml",
+)
 
 
 def _decode_head(head: bytes) -> bytes:
@@ -252,11 +274,15 @@ def sniff_html(head: bytes) -> OfficeSniff | None:
             pos = end + 3
             continue
         break
-    low = text[pos: pos + 64].lower()
+    low = text[pos : pos + 64].lower()
     if low.startswith(b"<?xml"):
-        return OfficeSniff(HTML) if re.search(
-            rb"<html[^>]*xmlns\s*=\s*[\"']http://www\.w3\.org/1999/xhtml", text[:4096], re.I
-        ) else None
+        return (
+            OfficeSniff(HTML)
+            if re.search(
+                rb"<html[^>]*xmlns\s*=\s*[\"']http://www\.w3\.org/1999/xhtml", text[:4096], re.I
+            )
+            else None
+        )
     for tag in _HTML_TAGS:
         if tag == b"<?xml":
             continue

@@ -47,10 +47,18 @@ NO_UPDATE = 0
 #: recalculated on load (WEBSERVICE() and friends would fetch); no update checks, no recovery.
 _XCU_ITEMS = [
     ("/org.openoffice.Office.Common/Security/Scripting", "MacroSecurityLevel", "int", "3"),
-    ("/org.openoffice.Office.Common/Security/Scripting", "DisableMacrosExecution", "boolean",
-     "true"),
-    ("/org.openoffice.Office.Common/Security/Scripting", "BlockUntrustedRefererLinks", "boolean",
-     "true"),
+    (
+        "/org.openoffice.Office.Common/Security/Scripting",
+        "DisableMacrosExecution",
+        "boolean",
+        "true",
+    ),
+    (
+        "/org.openoffice.Office.Common/Security/Scripting",
+        "BlockUntrustedRefererLinks",
+        "boolean",
+        "true",
+    ),
     ("/org.openoffice.Office.Calc/Formula/Load", "OOXMLRecalcMode", "int", "1"),
     ("/org.openoffice.Office.Calc/Formula/Load", "ODFRecalcMode", "int", "1"),
     ("/org.openoffice.Office.Common/Misc", "UseLocking", "boolean", "false"),
@@ -127,9 +135,7 @@ class Server:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                ctx = resolver.resolve(
-                    f"uno:pipe,name={self.pipe};urp;StarOffice.ComponentContext"
-                )
+                ctx = resolver.resolve(f"uno:pipe,name={self.pipe};urp;StarOffice.ComponentContext")
                 break
             except NoConnectException:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -174,8 +180,11 @@ class Server:
                 self._rule_writer_tables(doc)
             elif family == "impress":
                 self._rule_impress_tables(doc)
-            export = {"writer": "writer_pdf_Export", "calc": "calc_pdf_Export",
-                      "impress": "impress_pdf_Export"}[family]
+            export = {
+                "writer": "writer_pdf_Export",
+                "calc": "calc_pdf_Export",
+                "impress": "impress_pdf_Export",
+            }[family]
             filter_data = uno.Any(
                 "[]com.sun.star.beans.PropertyValue",
                 props(
@@ -195,8 +204,11 @@ class Server:
                 (dst, props(FilterName=export, Overwrite=True, FilterData=filter_data)),
             )
         except Exception as exc:
-            return {"ok": False, "error": "export",
-                    "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            return {
+                "ok": False,
+                "error": "export",
+                "detail": f"{type(exc).__name__}: {str(exc)[:300]}",
+            }
         finally:
             try:
                 doc.close(True)
@@ -285,8 +297,10 @@ def main() -> int:
         out.write(json.dumps({"ok": False, "error": "start", "detail": str(exc)}) + "\n")
         out.flush()
         return 1
-    out.write(json.dumps({"ok": True, "ready": True, "pid": server.proc.pid if server.proc
-                          else None}) + "\n")
+    out.write(
+        json.dumps({"ok": True, "ready": True, "pid": server.proc.pid if server.proc else None})
+        + "\n"
+    )
     out.flush()
     for line in sys.stdin:
         try:

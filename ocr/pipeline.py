@@ -209,6 +209,8 @@ def _office_pdf(
     if count < 1:
         raise CorruptDocumentError("The document has no pages when rendered.")
     return converted.pdf, converted.warnings
+
+
 # --- end office/web formats ---
 
 

@@ -41,8 +41,10 @@ def sniff(data: bytes) -> Sniffed:
         return Sniffed("image", "image/webp")
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return Sniffed("image", "image/gif")
-    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in (
-        _BMP_DIB_SIZES
+    if (
+        head[:2] == b"BM"
+        and len(head) >= 18
+        and int.from_bytes(head[14:18], "little") in (_BMP_DIB_SIZES)
     ):
         return Sniffed("image", "image/bmp")
     if head.startswith(b"%PDF-"):

@@ -80,13 +80,29 @@ class Rulings:
     def edges(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """pdfplumber edge objects (vertical, horizontal)."""
         v = [
-            {"object_type": "v_edge", "orientation": "v", "x0": x, "x1": x, "top": y0,
-             "bottom": y1, "width": 0.0, "height": y1 - y0}
+            {
+                "object_type": "v_edge",
+                "orientation": "v",
+                "x0": x,
+                "x1": x,
+                "top": y0,
+                "bottom": y1,
+                "width": 0.0,
+                "height": y1 - y0,
+            }
             for x, y0, y1 in self.v
         ]
         h = [
-            {"object_type": "h_edge", "orientation": "h", "x0": x0, "x1": x1, "top": y,
-             "bottom": y, "width": x1 - x0, "height": 0.0}
+            {
+                "object_type": "h_edge",
+                "orientation": "h",
+                "x0": x0,
+                "x1": x1,
+                "top": y,
+                "bottom": y,
+                "width": x1 - x0,
+                "height": 0.0,
+            }
             for y, x0, x1 in self.h
         ]
         return v, h

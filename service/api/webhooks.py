@@ -220,9 +220,7 @@ def list_deliveries(path: WebhookEndpointPath, query: DeliveriesQuery) -> Respon
         page, more = rows[: query.limit], len(rows) > query.limit
         data = [webhooks.delivery_body(d) for d in page]
         cursor = (
-            lifecycle.list_cursor(page[-1].created_at, page[-1].id, prefix="whd_")
-            if more
-            else None
+            lifecycle.list_cursor(page[-1].created_at, page[-1].id, prefix="whd_") if more else None
         )
     return json_response({"object": "list", "data": data, "next_cursor": cursor})
 

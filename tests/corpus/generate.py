@@ -77,10 +77,14 @@ def mixed_pdf() -> bytes:
 
     contents = [b"q %.2f 0 0 %.2f 0 0 cm /Im%d Do Q" % (*PAGE_PT, i) for i in range(3)]
     for page in (4, 5, 6):
-        contents.append(h.text_ops([
-            (72.0, 700.0, 16.0, MULTI_PAGE.format(page)),
-            (72.0, 670.0, 16.0, "Generated for the Pagelane test suite."),
-        ]))
+        contents.append(
+            h.text_ops(
+                [
+                    (72.0, 700.0, 16.0, MULTI_PAGE.format(page)),
+                    (72.0, 670.0, 16.0, "Generated for the Pagelane test suite."),
+                ]
+            )
+        )
     return bytes(h.simple_pdf(contents, size=PAGE_PT, xobjects=xobjects))
 
 
@@ -100,8 +104,14 @@ def multipage_tiff() -> bytes:
     """Three grayscale frames at 200 dpi, Deflate-compressed."""
     frames = [_page_image(_scan_lines(p)) for p in (1, 2, 3)]
     buf = io.BytesIO()
-    frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:],
-                   compression="tiff_adobe_deflate", dpi=(200, 200))
+    frames[0].save(
+        buf,
+        format="TIFF",
+        save_all=True,
+        append_images=frames[1:],
+        compression="tiff_adobe_deflate",
+        dpi=(200, 200),
+    )
     return buf.getvalue()
 
 

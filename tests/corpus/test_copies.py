@@ -14,8 +14,16 @@ import pytest
 from tests.corpus import CORPUS, OFFICE
 
 # What lives in tests/corpus besides the documents.
-NOT_DOCUMENTS = {"__init__.py", "generate.py", "test_copies.py", "README.md", "LICENSES.md",
-                 "MANIFEST.json", "office", "__pycache__"}
+NOT_DOCUMENTS = {
+    "__init__.py",
+    "generate.py",
+    "test_copies.py",
+    "README.md",
+    "LICENSES.md",
+    "MANIFEST.json",
+    "office",
+    "__pycache__",
+}
 # GPL, LGPL, AGPL: kept out of the repository (README.md says why); CC-BY-SA files may stay.
 COPYLEFT_CODE = "GPL"
 

@@ -192,8 +192,11 @@ def test_scrape_jobs_match_the_rules_and_the_pods() -> None:
         assert int(annotations["prometheus.io/port"]) in ports
         assert annotations["prometheus.io/path"] == "/metrics"
         # /metrics carries customer ids: never on the port the Service and Ingress route.
-        public = {p["containerPort"] for p in template["spec"]["containers"][0]["ports"]
-                  if p["name"] == "http"}
+        public = {
+            p["containerPort"]
+            for p in template["spec"]["containers"][0]["ports"]
+            if p["name"] == "http"
+        }
         assert int(annotations["prometheus.io/port"]) not in public
     config_map = load_yaml(K8S / "base" / "configmap.yaml")
     # Scraped from outside the pod: the metrics ports listen beyond loopback.

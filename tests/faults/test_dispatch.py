@@ -138,5 +138,9 @@ def test_a_cancel_between_read_and_lock_leaves_the_claim_with_nothing(
     body = tenant.get(f"/v1/batches/{batch['id']}").get_json()
     assert body["status"] == "cancelled"
     assert body["counts"] == {
-        "pending": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 3
+        "pending": 0,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "cancelled": 3,
     }

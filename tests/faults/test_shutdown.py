@@ -77,7 +77,10 @@ def test_sigterm_lets_a_worker_finish_its_running_items(
 
 
 def test_sigterm_lets_the_api_answer_a_request_in_flight(
-    make_settings: Any, postgres_url: str, flush_redis: None, tmp_path: Path,
+    make_settings: Any,
+    postgres_url: str,
+    flush_redis: None,
+    tmp_path: Path,
     report: Callable[..., None],
 ) -> None:
     settings = make_settings(database_url=postgres_url, blob_store="none")
@@ -92,8 +95,13 @@ def test_sigterm_lets_the_api_answer_a_request_in_flight(
         "POST",
         f"{url}/v1/extract/file",
         headers={"X-API-KEY": key},
-        files={"file": ("phototest.tif", (CORPUS / "image-phototest-1bit.tif").read_bytes(),
-                        "image/tiff")},
+        files={
+            "file": (
+                "phototest.tif",
+                (CORPUS / "image-phototest-1bit.tif").read_bytes(),
+                "image/tiff",
+            )
+        },
     )
     body = request.read()
     half_sent, resume = threading.Event(), threading.Event()

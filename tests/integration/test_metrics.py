@@ -57,8 +57,18 @@ def scrape(url: str) -> Samples:
 def start_api(settings: Settings, tmp: Path, *, workers: int = 2) -> tuple[Proc, str]:
     """`pagelane api` as production runs it (gunicorn), on a free port."""
     port = free_port()
-    argv = [sys.executable, "-m", "service.cli", "api", "--port", str(port),
-            "--workers", str(workers), "--threads", "4"]
+    argv = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "api",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--threads",
+        "4",
+    ]
     env = settings_env(settings)
     # Unset, `pagelane api` would make a fresh one under /tmp that outlives gunicorn (it execs);
     # a fresh one under the test's tmp dir behaves the same and is cleaned up with it.
@@ -98,8 +108,9 @@ def test_worker_and_api_metrics_after_a_batch(stack: Stack, api: tuple[Proc, str
     api_proc, api_url = api
     metrics_port = free_port()
     worker_settings = stack.settings.model_copy(update={"worker_metrics_port": metrics_port})
-    worker = start_worker(worker_settings, stack.tmp, concurrency=2,
-                          faults={"PAGELANE_FAULT_SLEEP": "1"})
+    worker = start_worker(
+        worker_settings, stack.tmp, concurrency=2, faults={"PAGELANE_FAULT_SLEEP": "1"}
+    )
     stack.procs.append(worker)
     beat = stack.beat()
     # Cap 1: the items run one after another, so the API sees one running and others pending.
@@ -151,49 +162,75 @@ def test_worker_and_api_metrics_after_a_batch(stack: Stack, api: tuple[Proc, str
     assert 2.0 <= (value(samples, "pagelane_extraction_seconds_sum") or 0) < 60
     assert value(samples, "pagelane_queue_wait_seconds_count") == 3
     assert 0 <= (value(samples, "pagelane_queue_wait_seconds_sum") or -1) < 30
-    last = value(samples, "pagelane_sweep_last_success_timestamp_seconds",
-                 sweep="dispatch_pending")
+    last = value(samples, "pagelane_sweep_last_success_timestamp_seconds", sweep="dispatch_pending")
     assert last is not None and abs(time.time() - last) < 60
-    assert value(samples, "pagelane_sweep_items_total",
-                 sweep="dispatch_pending", action="admitted") is not None
+    assert (
+        value(samples, "pagelane_sweep_items_total", sweep="dispatch_pending", action="admitted")
+        is not None
+    )
 
     # --- the API: requests counted across both gunicorn processes, gauges back to idle.
     for _ in range(12):
         # A new connection each time, so both gunicorn processes get some.
         assert httpx.get(f"{api_url}/healthz", timeout=5).status_code == 200
     request_id = "req-metrics-test"
-    unauthorised = httpx.get(f"{api_url}/v1/batches/{batch['id']}",
-                             headers={"X-Request-Id": request_id}, timeout=5)
+    unauthorised = httpx.get(
+        f"{api_url}/v1/batches/{batch['id']}", headers={"X-Request-Id": request_id}, timeout=5
+    )
     assert unauthorised.status_code == 401
     assert httpx.get(f"{api_url}/metrics", timeout=5).status_code == 404  # not public
     after = scrape(api_proc.metrics_url)
-    assert value(after, "pagelane_http_requests_total",
-                 route="/healthz", method="GET", status="200") == 12
+    assert (
+        value(after, "pagelane_http_requests_total", route="/healthz", method="GET", status="200")
+        == 12
+    )
     assert value(after, "pagelane_http_request_duration_seconds_count", route="/healthz") == 12
-    assert value(after, "pagelane_http_requests_total",
-                 route="/v1/batches/<batch_id>", method="GET", status="401") == 1
+    assert (
+        value(
+            after,
+            "pagelane_http_requests_total",
+            route="/v1/batches/<batch_id>",
+            method="GET",
+            status="401",
+        )
+        == 1
+    )
     assert value(after, "pagelane_customer_running_items", customer_id=customer) is None
     assert value(after, "pagelane_oldest_pending_item_age_seconds") == 0
-    assert not any(name.startswith("pagelane_http") and ("route", "/metrics") in labels
-                   for name, labels in after)
+    assert not any(
+        name.startswith("pagelane_http") and ("route", "/metrics") in labels
+        for name, labels in after
+    )
 
     # Every series the alert rules and the dashboard query is one we expose.
     monitoring = REPO / "deploy" / "monitoring"
-    referenced = set(re.findall(r"pagelane_[a-z_]+", (monitoring / "alerts.yaml").read_text()
-                                + (monitoring / "grafana-dashboard.json").read_text()))
+    referenced = set(
+        re.findall(
+            r"pagelane_[a-z_]+",
+            (monitoring / "alerts.yaml").read_text()
+            + (monitoring / "grafana-dashboard.json").read_text(),
+        )
+    )
     exposed = {name for name, _ in {**samples, **during, **after}}
     assert referenced and referenced <= exposed, referenced - exposed
 
     # gunicorn's access lines are structured and carry the request id the app answered with.
-    access = [json.loads(line) for line in api_proc.log().splitlines()
-              if line.startswith("{") and '"gunicorn.access"' in line]
-    assert any(line.get("request_id") == request_id and "401" in line["message"]
-               for line in access), api_proc.log()[-3000:]
+    access = [
+        json.loads(line)
+        for line in api_proc.log().splitlines()
+        if line.startswith("{") and '"gunicorn.access"' in line
+    ]
+    assert any(
+        line.get("request_id") == request_id and "401" in line["message"] for line in access
+    ), api_proc.log()[-3000:]
 
     # Worker lines are JSON and carry the task's ids.
     lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
-    item_lines = [line for line in lines
-                  if line["logger"] == "pagelane.worker" and line["message"].startswith("item ")]
+    item_lines = [
+        line
+        for line in lines
+        if line["logger"] == "pagelane.worker" and line["message"].startswith("item ")
+    ]
     assert len(item_lines) >= 3
     assert all(line.get("item_id") and line.get("task_id") for line in item_lines)
 
@@ -217,8 +254,9 @@ def test_readyz_follows_postgres(make_settings: Any, postgres_url: str, flush_re
     postgres = urlsplit(postgres_url)
     proxy = CuttableProxy(postgres.hostname or "127.0.0.1", postgres.port or 5432)
     settings = make_settings(
-        database_url=postgres._replace(netloc=f"{postgres.username}@127.0.0.1:{proxy.port}")
-        .geturl(),
+        database_url=postgres._replace(
+            netloc=f"{postgres.username}@127.0.0.1:{proxy.port}"
+        ).geturl(),
         blob_store="none",
     )
     ctx = build_context(settings)
@@ -240,7 +278,9 @@ def test_readyz_follows_postgres(make_settings: Any, postgres_url: str, flush_re
 
 
 def test_readyz_follows_redis(
-    make_settings: Any, postgres_url: str, private_redis: PrivateRedis  # noqa: F811
+    make_settings: Any,
+    postgres_url: str,
+    private_redis: PrivateRedis,  # noqa: F811
 ) -> None:
     settings = make_settings(
         database_url=postgres_url, redis_url=private_redis.url, blob_store="none"
@@ -257,4 +297,3 @@ def test_readyz_follows_redis(
         wait_for(lambda: _readyz(client)[0] == 200, 15, 0.2, "readiness after Redis returns")
     finally:
         ctx.close()
-

@@ -17,8 +17,10 @@ from ocr.sniff import sniff
 def test_public_names_and_signatures() -> None:
     params = inspect.signature(ocr.extract).parameters
     assert list(params) == ["data", "options", "filename", "config", "on_page", "file_id"]
-    assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY
-               for n in ("filename", "config", "on_page", "file_id"))
+    assert all(
+        params[n].kind is inspect.Parameter.KEYWORD_ONLY
+        for n in ("filename", "config", "on_page", "file_id")
+    )
     assert list(inspect.signature(ocr.probe).parameters) == ["data", "config"]
     probe = ocr.probe(encode(text_image(["x"], size=(100, 100)), "PNG"))
     assert probe == ocr.Probe(kind="image", content_type="image/png", page_count=1)
@@ -32,8 +34,13 @@ def test_engine_config_defaults_and_validation() -> None:
     assert 200 <= config.ocr_dpi <= 300
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.max_pages = 5  # type: ignore[misc]
-    for bad in ({"provider": "cloud"}, {"ocr_dpi": 20}, {"max_pages": 0},
-                {"image_format": "gif"}, {"tesseract_timeout_s": 0}):
+    for bad in (
+        {"provider": "cloud"},
+        {"ocr_dpi": 20},
+        {"max_pages": 0},
+        {"image_format": "gif"},
+        {"tesseract_timeout_s": 0},
+    ):
         with pytest.raises(ValueError):
             ocr.EngineConfig(**bad)  # type: ignore[arg-type]
 
@@ -93,8 +100,16 @@ def test_sniff_by_magic_bytes(data: bytes, kind: str, content_type: str) -> None
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"hello world", b"BMW is a car brand, not a bitmap", b"PK\x03\x04rest",
-     b"a,b,c\n1,2,3\n", b"\x1f\x8b\x08\x00", bytes(range(256)), b"RIFF\x00\x00\x00\x00WAVE"],
+    [
+        b"",
+        b"hello world",
+        b"BMW is a car brand, not a bitmap",
+        b"PK\x03\x04rest",
+        b"a,b,c\n1,2,3\n",
+        b"\x1f\x8b\x08\x00",
+        bytes(range(256)),
+        b"RIFF\x00\x00\x00\x00WAVE",
+    ],
 )
 def test_sniff_rejects_everything_else(data: bytes) -> None:
     with pytest.raises(ocr.UnsupportedInputError) as info:
@@ -109,8 +124,9 @@ def test_ocr_imports_nothing_of_the_service() -> None:
         "{'service', 'tasks', 'client', 'flask', 'celery', 'sqlalchemy', 'redis', 'boto3'})\n"
         "print(','.join(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=REPO, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
     assert out.stdout.strip() == ""
 
 
@@ -119,8 +135,12 @@ def test_concurrent_calls_from_threads_are_safe(hostile) -> None:  # type: ignor
     (the sync endpoint) can call it from several threads at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    docs = [hostile.text_pdf(20, 10), hostile.table_pdf([["a", "b"], ["1", "2"], ["3", "4"]]),
-            hostile.image_pdf(2), hostile.scan_pdf([text_image(["Threads are fine"])])]
+    docs = [
+        hostile.text_pdf(20, 10),
+        hostile.table_pdf([["a", "b"], ["1", "2"], ["3", "4"]]),
+        hostile.image_pdf(2),
+        hostile.scan_pdf([text_image(["Threads are fine"])]),
+    ]
     expected = [ocr.extract(d) for d in docs]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(ocr.extract, docs * 3))

@@ -25,6 +25,8 @@ def _params(entries: list[dict[str, Any]]) -> list[Any]:
         pytest.param(f, id=f["name"], marks=[pytest.mark.slow] if f["name"] in SLOW else [])
         for f in entries
     ]
+
+
 ERRORS = [f for f in MANIFEST if f["expected_outcome"].startswith("error:")]
 
 
@@ -92,8 +94,14 @@ def test_mixed_document_ocrs_only_pages_without_text_layer(corpus_cache: CorpusC
     by_page: dict[int, set[str]] = {}
     for chunk in result["chunks"]:
         by_page.setdefault(chunk["page_no"], set()).add(chunk["source"])
-    assert by_page == {1: {"ocr"}, 2: {"ocr"}, 3: {"ocr"}, 4: {"text_layer"},
-                       5: {"text_layer"}, 6: {"text_layer"}}
+    assert by_page == {
+        1: {"ocr"},
+        2: {"ocr"},
+        3: {"ocr"},
+        4: {"text_layer"},
+        5: {"text_layer"},
+        6: {"text_layer"},
+    }
     for page in (1, 2, 3, 6):
         assert f"This is a multi page document. Page {page}." in text_of(result, page)
 

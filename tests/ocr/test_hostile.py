@@ -45,8 +45,13 @@ MAX_SECONDS = 60
 
 
 def test_generator_script_runs(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(HOSTILE_SCRIPT), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, check=True)
+    proc = subprocess.run(
+        [sys.executable, str(HOSTILE_SCRIPT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert len(proc.stdout.splitlines()) == len(CASES)
     assert {p.name for p in tmp_path.iterdir()} == set(CASES)
 
@@ -54,8 +59,13 @@ def test_generator_script_runs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_hostile_file(name: str, hostile_files: dict[str, Path]) -> None:
     _maker, code, content_type = CASES[name]
-    proc = subprocess.run([sys.executable, "-c", RUNNER, str(hostile_files[name])],
-                          capture_output=True, text=True, timeout=MAX_SECONDS * 2, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(hostile_files[name])],
+        capture_output=True,
+        text=True,
+        timeout=MAX_SECONDS * 2,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, f"the engine took the process down: {proc.stderr[-2000:]}"
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"{name}: {out}")  # figures for the reliability report (pytest -s)

@@ -56,20 +56,30 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "no-choices":
             return self._send(200, json.dumps({"id": "x", "choices": []}).encode())
         content: Any = {
-            "layout": json.dumps([
-                {"bbox": [100, 50, 700, 120], "category": "Title", "text": "Quarterly Report"},
-                {"bbox": [100, 150, 900, 260], "category": "Text", "text": "Revenue grew 12%."},
-                {"bbox": [100, 300, 400, 500], "category": "Picture"},
-            ]),
-            "fenced": "```json\n[{\"bbox\": [0, 0, 10, 10], \"text\": \"fenced answer\"}]\n```",
+            "layout": json.dumps(
+                [
+                    {"bbox": [100, 50, 700, 120], "category": "Title", "text": "Quarterly Report"},
+                    {"bbox": [100, 150, 900, 260], "category": "Text", "text": "Revenue grew 12%."},
+                    {"bbox": [100, 300, 400, 500], "category": "Picture"},
+                ]
+            ),
+            "fenced": '```json\n[{"bbox": [0, 0, 10, 10], "text": "fenced answer"}]\n```',
             "plain": "Just the text of the page.\nSecond line.",
             "bad-bbox": json.dumps([{"bbox": ["a", 1, 2, 3], "text": "x"}]),
             "truncated-json": '[{"bbox": [1, 2, 3, 4], "text": "cut of',
             "content-not-string": 42,
         }[mode]
-        answer = {"id": "chatcmpl-1", "object": "chat.completion",
-                  "choices": [{"index": 0, "finish_reason": "stop",
-                               "message": {"role": "assistant", "content": content}}]}
+        answer = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": content},
+                }
+            ],
+        }
         self._send(200, json.dumps(answer).encode())
 
     def _send(self, status: int, body: bytes) -> None:
@@ -94,18 +104,27 @@ def vlm() -> Iterator[FakeVLM]:
 
 @pytest.fixture(scope="module")
 def page_png() -> bytes:
-    return encode(text_image(["ignored by the fake"], size=(1000, 800), origin=(50, 50)), "PNG",
-                  dpi=(144, 144))
+    return encode(
+        text_image(["ignored by the fake"], size=(1000, 800), origin=(50, 50)),
+        "PNG",
+        dpi=(144, 144),
+    )
 
 
 def _config(vlm: FakeVLM, **kw: Any) -> ocr.EngineConfig:
-    return ocr.EngineConfig(provider="http", http_url=vlm.url, http_model="dots-ocr",
-                            http_timeout_s=kw.pop("http_timeout_s", 5.0), **kw)
+    return ocr.EngineConfig(
+        provider="http",
+        http_url=vlm.url,
+        http_model="dots-ocr",
+        http_timeout_s=kw.pop("http_timeout_s", 5.0),
+        **kw,
+    )
 
 
 def test_layout_answer_becomes_ocr_chunks(vlm: FakeVLM, page_png: bytes) -> None:
-    result = ocr.extract(page_png, {"languages": ["eng", "deu"]},
-                         config=_config(vlm, http_api_key="sk-test"))
+    result = ocr.extract(
+        page_png, {"languages": ["eng", "deu"]}, config=_config(vlm, http_api_key="sk-test")
+    )
     chunks = result["chunks"]
     assert [c["page_content"] for c in chunks] == ["Quarterly Report", "Revenue grew 12%."]
     assert all(c["source"] == "ocr" and c["confidence"] is None for c in chunks)

@@ -58,9 +58,11 @@ def test_image_options(hostile: ModuleType) -> None:
 def test_figure_inside_a_form_xobject_is_placed_on_the_page(hostile: ModuleType) -> None:
     def xobjects(b: Any) -> bytes:
         img = hostile.gray_image_xobject(b, hostile.checkerboard(100, 100), 100, 100)
-        form = b.stream(b"/Type /XObject /Subtype /Form /BBox [0 0 500 500] /Matrix [1 0 0 1 50 0]"
-                        b" /Resources << /XObject << /Im1 %d 0 R >> >>" % img,
-                        b"q 100 0 0 100 10 10 cm /Im1 Do Q")
+        form = b.stream(
+            b"/Type /XObject /Subtype /Form /BBox [0 0 500 500] /Matrix [1 0 0 1 50 0]"
+            b" /Resources << /XObject << /Im1 %d 0 R >> >>" % img,
+            b"q 100 0 0 100 10 10 cm /Im1 Do Q",
+        )
         return b"<< /Fm %d 0 R >>" % form
 
     data = hostile.simple_pdf([b"q 1 0 0 1 200 300 cm /Fm Do Q"], xobjects=xobjects)

@@ -108,8 +108,14 @@ def test_on_page_reports_progress_and_can_abort(hostile: ModuleType) -> None:
     ],
 )
 def test_image_inputs_are_ocrd(fmt: str, params: dict[str, Any], content_type: str) -> None:
-    im = text_image(LINES, size=(1400, 400), origin=(60, 80), mode="RGB", ink=(20, 20, 20),
-                    paper=(250, 250, 250))
+    im = text_image(
+        LINES,
+        size=(1400, 400),
+        origin=(60, 80),
+        mode="RGB",
+        ink=(20, 20, 20),
+        paper=(250, 250, 250),
+    )
     data = encode(im, fmt, **params)
     result = ocr.extract(data)
     assert result["file"]["content_type"] == content_type
@@ -122,8 +128,10 @@ def test_image_inputs_are_ocrd(fmt: str, params: dict[str, Any], content_type: s
 
 
 def test_multi_page_tiff_is_one_page_per_frame() -> None:
-    frames = [text_image([f"Frame number {n} of the stack"], size=(1200, 300), origin=(40, 100))
-              for n in (1, 2, 3)]
+    frames = [
+        text_image([f"Frame number {n} of the stack"], size=(1200, 300), origin=(40, 100))
+        for n in (1, 2, 3)
+    ]
     data = encode(frames[0], "TIFF", save_all=True, append_images=frames[1:], dpi=(200, 200))
     assert ocr.probe(data).page_count == 3
     result = ocr.extract(data)
@@ -133,8 +141,10 @@ def test_multi_page_tiff_is_one_page_per_frame() -> None:
 
 
 def test_animated_gif_uses_its_first_frame() -> None:
-    frames = [text_image([word], size=(900, 200), origin=(40, 60)).convert("P")
-              for word in ("FIRST FRAME WINS", "SECOND FRAME")]
+    frames = [
+        text_image([word], size=(900, 200), origin=(40, 60)).convert("P")
+        for word in ("FIRST FRAME WINS", "SECOND FRAME")
+    ]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
     result = ocr.extract(data)
     assert result["page_count"] == 1
@@ -142,11 +152,16 @@ def test_animated_gif_uses_its_first_frame() -> None:
 
 
 def test_transparent_and_16_bit_images_are_read() -> None:
-    rgba = text_image(LINES, size=(1400, 400), origin=(60, 80), mode="RGBA",
-                      ink=(0, 0, 0, 255), paper=(0, 0, 0, 0))
+    rgba = text_image(
+        LINES,
+        size=(1400, 400),
+        origin=(60, 80),
+        mode="RGBA",
+        ink=(0, 0, 0, 255),
+        paper=(0, 0, 0, 0),
+    )
     assert "Total due within thirty days" in text_of(ocr.extract(encode(rgba, "PNG")))
-    gray16 = text_image(LINES, size=(1400, 400), origin=(60, 80), mode="I;16", ink=0,
-                        paper=65535)
+    gray16 = text_image(LINES, size=(1400, 400), origin=(60, 80), mode="I;16", ink=0, paper=65535)
     assert "Total due within thirty days" in text_of(ocr.extract(encode(gray16, "PNG")))
 
 

@@ -108,11 +108,19 @@ def test_probe_then_extract_converts_once(converter: OfficeConverter) -> None:
 DERIVED = [
     ("word_sample.docx", "odt", "application/vnd.oasis.opendocument.text", "Swimming in the lake"),
     ("word_sample.docx", "rtf", "application/rtf", "Swimming in the lake"),
-    ("xlsx_02_sample_sales_data.xlsm", "ods", "application/vnd.oasis.opendocument.spreadsheet",
-     "Widget A"),
+    (
+        "xlsx_02_sample_sales_data.xlsm",
+        "ods",
+        "application/vnd.oasis.opendocument.spreadsheet",
+        "Widget A",
+    ),
     ("xlsx_02_sample_sales_data.xlsm", "xls", "application/vnd.ms-excel", "Widget A"),
-    ("powerpoint_sample.pptx", "odp", "application/vnd.oasis.opendocument.presentation",
-     "Test Table Slide"),
+    (
+        "powerpoint_sample.pptx",
+        "odp",
+        "application/vnd.oasis.opendocument.presentation",
+        "Test Table Slide",
+    ),
     ("powerpoint_sample.pptx", "ppt", "application/vnd.ms-powerpoint", "Test Table Slide"),
 ]
 
@@ -126,9 +134,20 @@ def derived(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     made: dict[str, bytes] = {}
     for src, ext, _, _ in DERIVED:
         subprocess.run(
-            ["soffice", "--headless", "--norestore", f"-env:UserInstallation={profile.as_uri()}",
-             "--convert-to", ext, "--outdir", str(out), str(CORPUS / src)],
-            check=True, capture_output=True, timeout=180,
+            [
+                "soffice",
+                "--headless",
+                "--norestore",
+                f"-env:UserInstallation={profile.as_uri()}",
+                "--convert-to",
+                ext,
+                "--outdir",
+                str(out),
+                str(CORPUS / src),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=180,
         )
         made[ext] = (out / f"{Path(src).stem}.{ext}").read_bytes()
     return made
@@ -138,28 +157,38 @@ def make_epub(chapters: list[str]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr(zipfile.ZipInfo("mimetype"), "application/epub+zip")
-        z.writestr("META-INF/container.xml",
-                   '<?xml version="1.0"?><container xmlns="urn:oasis:names:tc:opendocument:'
-                   'xmlns:container" version="1.0"><rootfiles><rootfile full-path="OEBPS/c.opf"'
-                   ' media-type="application/oebps-package+xml"/></rootfiles></container>')
+        z.writestr(
+            "META-INF/container.xml",
+            '<?xml version="1.0"?><container xmlns="urn:oasis:names:tc:opendocument:'
+            'xmlns:container" version="1.0"><rootfiles><rootfile full-path="OEBPS/c.opf"'
+            ' media-type="application/oebps-package+xml"/></rootfiles></container>',
+        )
         items = "".join(
             f'<item id="c{i}" href="ch{i}.xhtml" media-type="application/xhtml+xml"/>'
             for i in range(len(chapters))
         )
         spine = "".join(f'<itemref idref="c{i}"/>' for i in range(len(chapters)))
-        z.writestr("OEBPS/c.opf",
-                   '<?xml version="1.0"?><package xmlns="http://www.idpf.org/2007/opf" '
-                   f'version="3.0"><manifest>{items}</manifest><spine>{spine}</spine></package>')
+        z.writestr(
+            "OEBPS/c.opf",
+            '<?xml version="1.0"?><package xmlns="http://www.idpf.org/2007/opf" '
+            f'version="3.0"><manifest>{items}</manifest><spine>{spine}</spine></package>',
+        )
         for i, body in enumerate(chapters):
-            z.writestr(f"OEBPS/ch{i}.xhtml",
-                       '<?xml version="1.0" encoding="utf-8"?><html xmlns="http://www.w3.org/'
-                       f'1999/xhtml"><head><title>c{i}</title></head><body>{body}</body></html>')
+            z.writestr(
+                f"OEBPS/ch{i}.xhtml",
+                '<?xml version="1.0" encoding="utf-8"?><html xmlns="http://www.w3.org/'
+                f'1999/xhtml"><head><title>c{i}</title></head><body>{body}</body></html>',
+            )
     return buf.getvalue()
 
 
 @pytest.mark.parametrize("src,ext,mime,phrase", DERIVED, ids=[d[1] for d in DERIVED])
 def test_derived_formats(
-    src: str, ext: str, mime: str, phrase: str, derived: dict[str, bytes],
+    src: str,
+    ext: str,
+    mime: str,
+    phrase: str,
+    derived: dict[str, bytes],
     converter: OfficeConverter,
 ) -> None:
     data = derived[ext]
@@ -171,11 +200,13 @@ def test_derived_formats(
 
 
 def test_epub(converter: OfficeConverter) -> None:
-    data = make_epub([
-        "<h1>Chapter One</h1><p>It was a bright cold day in April.</p>",
-        "<h1>Chapter Two</h1><table><tr><td>alpha</td><td>beta</td></tr>"
-        "<tr><td>gamma</td><td>delta</td></tr></table>",
-    ])
+    data = make_epub(
+        [
+            "<h1>Chapter One</h1><p>It was a bright cold day in April.</p>",
+            "<h1>Chapter Two</h1><table><tr><td>alpha</td><td>beta</td></tr>"
+            "<tr><td>gamma</td><td>delta</td></tr></table>",
+        ]
+    )
     assert sniff(data).content_type == "application/epub+zip"
     result = ocr.extract(data, converter=converter)
     text = all_text(result)
@@ -219,8 +250,12 @@ def test_detection_ignores_filename(name: str) -> None:
     s = sniff(data)
     assert s.kind == "office"
     expected = {
-        "docx": "wordprocessingml", "pptx": "presentationml", "xlsx": "spreadsheetml",
-        "xlsm": "macroEnabled", "html": "text/html", "doc": "application/msword",
+        "docx": "wordprocessingml",
+        "pptx": "presentationml",
+        "xlsx": "spreadsheetml",
+        "xlsm": "macroEnabled",
+        "html": "text/html",
+        "doc": "application/msword",
     }[name.rsplit(".", 1)[1]]
     assert expected in s.content_type
 
@@ -236,9 +271,10 @@ def test_html_sniffing_after_bom_and_comments() -> None:
 
 def rezip(src: bytes, replace: dict[str, bytes], add: dict[str, bytes] | None = None) -> bytes:
     out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(src)) as zin, zipfile.ZipFile(
-        out, "w", zipfile.ZIP_DEFLATED
-    ) as zout:
+    with (
+        zipfile.ZipFile(io.BytesIO(src)) as zin,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout,
+    ):
         for info in zin.infolist():
             zout.writestr(info.filename, replace.get(info.filename, zin.read(info.filename)))
         for name, body in (add or {}).items():
@@ -250,9 +286,10 @@ def test_zip_bomb_inside_docx(converter: OfficeConverter, tmp_path: Path) -> Non
     """A member that inflates to 2 GiB: refused from the central directory, nothing inflated."""
     base = (CORPUS / "lorem_ipsum.docx").read_bytes()
     path = tmp_path / "bomb.docx"
-    with zipfile.ZipFile(io.BytesIO(base)) as zin, zipfile.ZipFile(
-        path, "w", zipfile.ZIP_DEFLATED, compresslevel=1
-    ) as zout:
+    with (
+        zipfile.ZipFile(io.BytesIO(base)) as zin,
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zout,
+    ):
         for info in zin.infolist():
             zout.writestr(info.filename, zin.read(info.filename))
         with zout.open("word/media/bomb.bin", "w", force_zip64=True) as fh:
@@ -273,36 +310,46 @@ def test_zip_bomb_inside_docx(converter: OfficeConverter, tmp_path: Path) -> Non
 def minimal_xlsx(sheet_xml: str) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("[Content_Types].xml",
-                   '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/'
-                   '2006/content-types"><Default Extension="rels" ContentType="application/vnd.'
-                   'openxmlformats-package.relationships+xml"/><Default Extension="xml" '
-                   'ContentType="application/xml"/><Override PartName="/xl/workbook.xml" '
-                   'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.'
-                   'sheet.main+xml"/><Override PartName="/xl/worksheets/sheet1.xml" ContentType='
-                   '"application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>'
-                   '</Types>')
-        z.writestr("_rels/.rels",
-                   '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/'
-                   'package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.'
-                   'openxmlformats.org/officeDocument/2006/relationships/officeDocument" '
-                   'Target="xl/workbook.xml"/></Relationships>')
-        z.writestr("xl/workbook.xml",
-                   '<?xml version="1.0"?><workbook xmlns="http://schemas.openxmlformats.org/'
-                   'spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/'
-                   'officeDocument/2006/relationships"><sheets><sheet name="Big" sheetId="1" '
-                   'r:id="rId1"/></sheets></workbook>')
-        z.writestr("xl/_rels/workbook.xml.rels",
-                   '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/'
-                   'package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.'
-                   'openxmlformats.org/officeDocument/2006/relationships/worksheet" '
-                   'Target="worksheets/sheet1.xml"/></Relationships>')
+        z.writestr(
+            "[Content_Types].xml",
+            '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/'
+            '2006/content-types"><Default Extension="rels" ContentType="application/vnd.'
+            'openxmlformats-package.relationships+xml"/><Default Extension="xml" '
+            'ContentType="application/xml"/><Override PartName="/xl/workbook.xml" '
+            'ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.'
+            'sheet.main+xml"/><Override PartName="/xl/worksheets/sheet1.xml" ContentType='
+            '"application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>'
+            "</Types>",
+        )
+        z.writestr(
+            "_rels/.rels",
+            '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/'
+            'package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.'
+            'openxmlformats.org/officeDocument/2006/relationships/officeDocument" '
+            'Target="xl/workbook.xml"/></Relationships>',
+        )
+        z.writestr(
+            "xl/workbook.xml",
+            '<?xml version="1.0"?><workbook xmlns="http://schemas.openxmlformats.org/'
+            'spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/'
+            'officeDocument/2006/relationships"><sheets><sheet name="Big" sheetId="1" '
+            'r:id="rId1"/></sheets></workbook>',
+        )
+        z.writestr(
+            "xl/_rels/workbook.xml.rels",
+            '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/'
+            'package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.'
+            'openxmlformats.org/officeDocument/2006/relationships/worksheet" '
+            'Target="worksheets/sheet1.xml"/></Relationships>',
+        )
         z.writestr("xl/worksheets/sheet1.xml", sheet_xml)
     return buf.getvalue()
 
 
-SHEET_HEAD = ('<?xml version="1.0"?><worksheet xmlns="http://schemas.openxmlformats.org/'
-              'spreadsheetml/2006/main">')
+SHEET_HEAD = (
+    '<?xml version="1.0"?><worksheet xmlns="http://schemas.openxmlformats.org/'
+    'spreadsheetml/2006/main">'
+)
 
 
 def test_xlsx_claiming_a_million_rows(converter: OfficeConverter) -> None:
@@ -340,8 +387,10 @@ def cfb(streams: dict[str, bytes]) -> bytes:
     """A minimal Compound File (v3, 512-byte sectors) holding ``streams`` (each padded to 4 KiB,
     so no mini stream is needed)."""
     ss = 512
-    bodies = [(name, body.ljust(max(4096, -(-len(body) // ss) * ss), b"\x00"))
-              for name, body in streams.items()]
+    bodies = [
+        (name, body.ljust(max(4096, -(-len(body) // ss) * ss), b"\x00"))
+        for name, body in streams.items()
+    ]
     n_stream_sectors = sum(len(b) // ss for _, b in bodies)
     # layout: sector 0 = FAT, sector 1 = directory, then the streams
     fat = [0xFFFFFFFD, 0xFFFFFFFE]
@@ -357,35 +406,49 @@ def cfb(streams: dict[str, bytes]) -> bytes:
 
     def entry(name: str, kind: int, start: int, size: int, child: int, right: int) -> bytes:
         raw = name.encode("utf-16-le") + b"\x00\x00"
-        return (raw.ljust(64, b"\x00") + struct.pack("<HBB", len(raw), kind, 1)
-                + struct.pack("<III", 0xFFFFFFFF, right, child) + b"\x00" * 16 + b"\x00" * 4
-                + b"\x00" * 16 + struct.pack("<IQ", start, size))
+        return (
+            raw.ljust(64, b"\x00")
+            + struct.pack("<HBB", len(raw), kind, 1)
+            + struct.pack("<III", 0xFFFFFFFF, right, child)
+            + b"\x00" * 16
+            + b"\x00" * 4
+            + b"\x00" * 16
+            + struct.pack("<IQ", start, size)
+        )
 
     dirs = entry("Root Entry", 5, 0xFFFFFFFE, 0, 1, 0xFFFFFFFF)
     for i, ((name, _), start) in enumerate(zip(bodies, starts, strict=True)):
         right = i + 2 if i + 1 < len(bodies) else 0xFFFFFFFF
         dirs += entry(name, 2, start, len(streams[name]), 0xFFFFFFFF, right)
     dirs = dirs.ljust(ss, b"\x00")
-    header = (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 16
-              + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6) + b"\x00" * 6
-              + struct.pack("<IIIIIIII", 0, 1, 1, 0, 4096, 0xFFFFFFFE, 0, 0xFFFFFFFE)
-              + struct.pack("<I", 0) + struct.pack("<109I", 0, *([0xFFFFFFFF] * 108)))
+    header = (
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+        + b"\x00" * 16
+        + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6)
+        + b"\x00" * 6
+        + struct.pack("<IIIIIIII", 0, 1, 1, 0, 4096, 0xFFFFFFFE, 0, 0xFFFFFFFE)
+        + struct.pack("<I", 0)
+        + struct.pack("<109I", 0, *([0xFFFFFFFF] * 108))
+    )
     assert len(header) == 512
-    return (header + struct.pack("<128I", *fat) + dirs
-            + b"".join(body for _, body in bodies))
+    return header + struct.pack("<128I", *fat) + dirs + b"".join(body for _, body in bodies)
 
 
 def test_password_protected_docx(converter: OfficeConverter) -> None:
     """Office's "Encrypt with password" wraps the package in OLE2 EncryptionInfo and
     EncryptedPackage streams: refused before conversion, with a message saying why."""
-    data = cfb({
-        "EncryptionInfo": struct.pack("<HHI", 4, 4, 0x40) + b"<encryption/>",
-        "EncryptedPackage": struct.pack("<Q", 20000) + os.urandom(6000),
-    })
+    data = cfb(
+        {
+            "EncryptionInfo": struct.pack("<HHI", 4, 4, 0x40) + b"<encryption/>",
+            "EncryptedPackage": struct.pack("<Q", 20000) + os.urandom(6000),
+        }
+    )
     s = sniff(data)
     assert s.kind == "office" and s.encrypted
-    for call in (lambda: ocr.extract(data, converter=converter),
-                 lambda: ocr.probe(data, converter=converter)):
+    for call in (
+        lambda: ocr.extract(data, converter=converter),
+        lambda: ocr.probe(data, converter=converter),
+    ):
         with pytest.raises(ExtractionError) as info:
             call()
         assert info.value.code == "extraction_failed"
@@ -396,7 +459,8 @@ def test_cfb_sniffer_reads_generated_container() -> None:
     assert sniff(cfb({"WordDocument": b"x" * 100})).content_type == "application/msword"
     assert sniff(cfb({"Workbook": b"x"})).content_type == "application/vnd.ms-excel"
     assert sniff(cfb({"PowerPoint Document": b"x"})).content_type == (
-        "application/vnd.ms-powerpoint")
+        "application/vnd.ms-powerpoint"
+    )
 
 
 class Listener:
@@ -459,8 +523,9 @@ def docx_with_external_image(url: str) -> bytes:
         "</a:graphic></wp:inline></w:drawing></w:r></w:p>"
     )
     doc = doc.replace("<w:body>", "<w:body>" + drawing, 1)
-    return rezip(base, {"word/document.xml": doc.encode(),
-                        "word/_rels/document.xml.rels": rels.encode()})
+    return rezip(
+        base, {"word/document.xml": doc.encode(), "word/_rels/document.xml.rels": rels.encode()}
+    )
 
 
 def html_with_remote_refs(port: int) -> bytes:

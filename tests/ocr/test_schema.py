@@ -52,8 +52,13 @@ def test_options_are_echoed_through_defaults() -> None:
     assert ocr.normalize_options({"ocr": "force", "languages": ["fra", "fra", "eng"]})[
         "languages"
     ] == ["fra", "eng"]
-    for bad in ({"ocr": "sometimes"}, {"languages": "eng"}, {"languages": []},
-                {"extract_text": "yes"}, {"languages": [1]}):
+    for bad in (
+        {"ocr": "sometimes"},
+        {"languages": "eng"},
+        {"languages": []},
+        {"extract_text": "yes"},
+        {"languages": [1]},
+    ):
         with pytest.raises(ocr.InvalidOptionsError) as info:
             ocr.normalize_options(bad)
         assert info.value.code == "validation_error"

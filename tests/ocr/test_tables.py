@@ -38,12 +38,16 @@ def test_ruled_table_becomes_a_table_chunk(hostile: ModuleType) -> None:
 
 def test_merged_header_cell_spans_columns(hostile: ModuleType) -> None:
     x0, top, w, h = 72.0, 700.0, 100.0, 20.0
-    lines = [b"%.1f %.1f m %.1f %.1f l S" % (x0, top - r * h, x0 + 3 * w, top - r * h)
-             for r in range(4)]
-    lines += [b"%.1f %.1f m %.1f %.1f l S" % (x0 + c * w, top, x0 + c * w, top - 3 * h)
-              for c in (0, 3)]
-    lines += [b"%.1f %.1f m %.1f %.1f l S" % (x0 + c * w, top - h, x0 + c * w, top - 3 * h)
-              for c in (1, 2)]
+    lines = [
+        b"%.1f %.1f m %.1f %.1f l S" % (x0, top - r * h, x0 + 3 * w, top - r * h) for r in range(4)
+    ]
+    lines += [
+        b"%.1f %.1f m %.1f %.1f l S" % (x0 + c * w, top, x0 + c * w, top - 3 * h) for c in (0, 3)
+    ]
+    lines += [
+        b"%.1f %.1f m %.1f %.1f l S" % (x0 + c * w, top - h, x0 + c * w, top - 3 * h)
+        for c in (1, 2)
+    ]
     text = hostile.text_ops(
         [(x0 + 110, top - 14, 10, "Merged header")]
         + [(x0 + c * w + 5, top - r * h - 14, 10, f"r{r}c{c}") for r in (1, 2) for c in range(3)]

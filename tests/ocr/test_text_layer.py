@@ -16,10 +16,12 @@ def _text_chunks(data: bytes) -> list[dict]:
 
 def test_heading_and_paragraph_are_separate_blocks(hostile: ModuleType) -> None:
     ops = hostile.text_ops(
-        [(72, 720, 20, "Annual Report"),
-         (72, 690, 11, "First line of the body text goes here,"),
-         (72, 676, 11, "and the paragraph continues on this line."),
-         (72, 662, 11, "It ends on the third line.")]
+        [
+            (72, 720, 20, "Annual Report"),
+            (72, 690, 11, "First line of the body text goes here,"),
+            (72, 676, 11, "and the paragraph continues on this line."),
+            (72, 662, 11, "It ends on the third line."),
+        ]
     )
     chunks = _text_chunks(hostile.simple_pdf([ops]))
     assert [c["page_content"] for c in chunks] == [

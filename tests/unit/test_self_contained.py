@@ -14,6 +14,10 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / ".ci" / "check_self_contained.py"
 
 
+# Data that names where it came from is not a read outside the repository.
+MANIFEST_NAMING_ITS_SOURCE = '{"reference": "../shared/corpus"}\n'  # self-contained: ok
+
+
 @pytest.fixture(scope="module")
 def checker() -> ModuleType:
     spec = importlib.util.spec_from_file_location("check_self_contained", SCRIPT)
@@ -32,8 +36,7 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_this_repository_is_self_contained() -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
 
@@ -44,10 +47,7 @@ ESCAPES = {
         'CORPUS = REPO.parent / "documents"\n'
     ),
     "tests/ocr/kit.py": 'from pathlib import Path\nDATA = Path(__file__).parents[3] / "x"\n',
-    "tests/a/b.py": (
-        "import os\n"
-        'UP = os.path.join(os.path.dirname(__file__), "..", "..", "..")\n'
-    ),
+    "tests/a/b.py": ('import os\nUP = os.path.join(os.path.dirname(__file__), "..", "..", "..")\n'),
     "bench/run.py": 'from pathlib import Path\nDOC = Path("../documents/a.pdf")\n',
     "bench/abs.py": 'DOC = "/work/shared/a.pdf"\n',  # self-contained: ok (example input)
     "tests/ocr/test_x.py": '"""Reads ../shared/corpus."""\n',  # self-contained: ok (example)
@@ -65,27 +65,33 @@ def test_each_escape_is_found(checker: ModuleType, tmp_path: Path, rel: str) -> 
 
 def test_the_script_exits_1_and_names_the_file(tmp_path: Path) -> None:
     root = _tree(tmp_path, {"Makefile": ESCAPES["Makefile"]})
-    done = subprocess.run([sys.executable, str(SCRIPT), str(root)], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(root)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1 and "Makefile:2:" in done.stderr, done.stderr
 
 
 def test_paths_inside_the_repository_pass(checker: ModuleType, tmp_path: Path) -> None:
-    root = _tree(tmp_path, {
-        "tests/conftest.py": (
-            "from pathlib import Path\n"
-            "REPO = Path(__file__).resolve().parents[1]\n"
-            'CORPUS = REPO / "tests" / "corpus"\n'
-            'HERE = Path(__file__).parent\n'
-            "# blob keys that must be refused are data, not paths we read:\n"
-            'BAD_KEYS = ["../escape", "a/../../x"]\n'
-        ),
-        "tests/ocr/kit.py": 'from pathlib import Path\nROOT = Path(__file__).parents[2] / "ocr"\n',
-        ".ci/run": '#!/usr/bin/env bash\ncd "$(dirname "$0")/.."\nmake test\n',
-        "Makefile": "test:\n\tpytest -q tests/ocr\n",
-        "bench/x.py": 'OUT = "/tmp/bench"  # the machine\'s temp dir is fine\n',
-        "tests/corpus/MANIFEST.json": '{"reference": "../shared/corpus"}\n',  # self-contained: ok
-    })
+    root = _tree(
+        tmp_path,
+        {
+            "tests/conftest.py": (
+                "from pathlib import Path\n"
+                "REPO = Path(__file__).resolve().parents[1]\n"
+                'CORPUS = REPO / "tests" / "corpus"\n'
+                "HERE = Path(__file__).parent\n"
+                "# blob keys that must be refused are data, not paths we read:\n"
+                'BAD_KEYS = ["../escape", "a/../../x"]\n'
+            ),
+            "tests/ocr/kit.py": (
+                'from pathlib import Path\nROOT = Path(__file__).parents[2] / "ocr"\n'
+            ),
+            ".ci/run": '#!/usr/bin/env bash\ncd "$(dirname "$0")/.."\nmake test\n',
+            "Makefile": "test:\n\tpytest -q tests/ocr\n",
+            "bench/x.py": 'OUT = "/tmp/bench"  # the machine\'s temp dir is fine\n',
+            "tests/corpus/MANIFEST.json": MANIFEST_NAMING_ITS_SOURCE,
+        },
+    )
     assert checker.check(root) == []
 
 
