@@ -68,7 +68,7 @@ def item_event_type(from_status: str, to_status: str) -> EventType | None:
 
 def item_resource(item: Any) -> dict[str, Any]:
     """SPEC's batch item resource from an Item or a row of :data:`ITEM_RESOURCE_COLUMNS`
-    (with ``id``); the same body as the API's (service.api.bodies.item_body, tested)."""
+    (with ``id``): the one builder of it, for events and for the API (service.api.bodies)."""
     return {
         "id": item.id,
         "object": "batch_item",
@@ -96,7 +96,7 @@ def item_resource(item: Any) -> dict[str, Any]:
 
 
 def batch_resource(batch: Batch) -> dict[str, Any]:
-    """SPEC's batch resource without items (service.api.bodies.batch_body, tested)."""
+    """SPEC's batch resource without items: the one builder of it, for events and the API."""
     return {
         "id": batch.id,
         "object": "batch",
@@ -118,6 +118,7 @@ def batch_resource(batch: Batch) -> dict[str, Any]:
         "cancel_requested_at": isoformat(batch.cancel_requested_at),
         "expires_at": isoformat(batch.expires_at),
         "pages_billed": batch.pages_billed,
+        "parent_batch_id": batch.parent_batch_id,
     }
 
 
