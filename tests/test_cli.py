@@ -306,7 +306,7 @@ def test_up_restarts_dead_roles_and_a_batch_survives_a_worker_kill(
         wait_for(lambda: _ready(api), 90, 0.5, "pagelane up to be ready")
         key = (tmp_path / "data" / "dev_api_key").read_text().strip()
         headers = {"X-API-KEY": key}
-        scan = (CORPUS / "scan-multipage-3p.pdf").read_bytes()  # OCR: seconds an item
+        scan = (CORPUS / "scan-generated-multipage-3p.pdf").read_bytes()  # OCR: seconds an item
         file_ids = []
         for n in range(4):
             data = scan + b"\n%" + str(n).encode() + b"\n"

@@ -35,10 +35,10 @@ def test_quote_predicts_pages_ocr_and_errors(
 ) -> None:
     names = [
         "digital-lorem-pdflatex-4p.pdf",
-        "mixed-scan-and-digital-pages-6p.pdf",
+        "mixed-generated-scan-and-digital-pages-6p.pdf",
         "encrypted-password-test-4p.pdf",
         "unsupported-plaintext-named-as.pdf",
-        "image-multipage-3p.tiff",
+        "image-generated-multipage-3p.tiff",
     ]
     files = _upload(alice, *names)
     waiting = alice.register(b"%PDF-1.4 never uploaded")["id"]
