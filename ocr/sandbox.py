@@ -793,7 +793,10 @@ def _child_main() -> None:
     baseline = _status_kb("VmSize") * 1024
     limit = baseline + memory_mb * _MB
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    send({"t": "ready", "pid": os.getpid(), "baseline_mb": round(baseline / _MB, 1)})
+    try:
+        send({"t": "ready", "pid": os.getpid(), "baseline_mb": round(baseline / _MB, 1)})
+    except BrokenPipeError:
+        return  # the parent closed the sandbox while this child was starting
 
     config = EngineConfig()
     while True:

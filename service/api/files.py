@@ -74,7 +74,7 @@ def make_files_blueprint() -> APIBlueprint:
             return json_response(file_body(file))
 
     # batch control
-    bp.delete("/<file_id>", responses=deletes.DELETE_FILE_RESPONSES)(deletes.delete_file)
+    bp.delete("/<fileid:file_id>", responses=deletes.DELETE_FILE_RESPONSES)(deletes.delete_file)
     return bp
 
 

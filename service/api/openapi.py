@@ -130,8 +130,23 @@ def _languages(prop: dict[str, Any]) -> dict[str, Any]:
     return items
 
 
+# Successful answers that are not JSON: their media type and body, as the response carries them.
+_NON_JSON_SUCCESS = {
+    "/v1/batches/{batch_id}/errors.csv": ("text/csv", {"type": "string"}),
+    "/v1/batches/{batch_id}/results.zip": (
+        "application/zip",
+        {"type": "string", "contentMediaType": "application/zip"},
+    ),
+    "/v1/batches/{batch_id}/events": ("text/event-stream", {"type": "string"}),
+    "/v1/batches/{batch_id}/items/{item_id}/result.md": ("text/markdown", {"type": "string"}),
+}
+
+
 def _finish_operation(path: str, method: str, operation: dict[str, Any]) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
+    if method == "get" and path in _NON_JSON_SUCCESS and "200" in responses:
+        media_type, schema = _NON_JSON_SUCCESS[path]
+        responses["200"]["content"] = {media_type: {"schema": schema}}
     has_input = bool(operation.get("parameters")) or "requestBody" in operation
     statuses: set[int] = set()
     if path.startswith("/v1/"):

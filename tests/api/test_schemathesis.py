@@ -111,6 +111,9 @@ def test_schemathesis_all_checks(
                 "100",
                 "--seed",
                 "13",
+                # The first sync extraction of a process starts its sandbox children.
+                "--request-timeout",
+                "30",
             ],
             cwd=tmp_path,  # its cache (.schemathesis/) stays out of the repository
             env=env,
