@@ -16,7 +16,7 @@ import pagelane.cli
 import service.cli
 
 SERVER_COMMANDS = {"db", "keys", "customers", "api", "worker", "beat", "flower", "up"}
-CLIENT_COMMANDS = {"run", "submit", "status", "wait", "download", "cancel"}
+CLIENT_COMMANDS = {"run", "submit", "status", "wait", "download", "cancel", "retry"}
 
 
 def fresh_group() -> click.Group:
