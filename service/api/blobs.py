@@ -94,7 +94,8 @@ def make_blobs_blueprint(store: LocalBlobStore) -> Blueprint:
         """CORS preflight of a PUT (its Content-Type makes browsers ask first)."""
         response = Response(status=204)
         response.headers["Access-Control-Allow-Methods"] = "PUT, GET"
-        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        # The upload headers a presigned PUT carries (create-only uploads: If-None-Match).
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, If-None-Match"
         response.headers["Access-Control-Max-Age"] = "600"
         return response
 
