@@ -21,7 +21,8 @@ TEST_PACKAGES := chromium
 .DEFAULT_GOAL := help
 .PHONY: help install system-deps run test test-fast test-api test-console lint format typecheck check-imports \
 	check-unasync check-self-contained check bench \
-	bench-api bench-extract bench-fairness bench-throughput bench-client services clean
+	bench-api bench-extract bench-fairness bench-throughput bench-client bench-sandbox \
+	bench-quotes bench-slices services clean
 
 help: ## List every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -83,14 +84,26 @@ check-self-contained: ## tests/, bench/, .ci/ and this Makefile read nothing out
 
 check: lint typecheck check-imports check-unasync check-self-contained ## Everything CI checks before the tests (pre-commit runs it too)
 
-bench: bench-api bench-extract bench-fairness bench-throughput bench-client ## Every benchmark (prints ratios)
+bench: bench-api bench-extract bench-fairness bench-throughput bench-client bench-sandbox \
+	bench-quotes bench-slices ## Every benchmark (prints ratios)
 
 bench-api: install services ## API latency: 10,000-id submits, polling, bulk registration
 	$(BIN)/python -m bench.api
 
-bench-extract: install ## Extraction engine speed and OCR quality
+bench-extract: install ## Engine speed, OCR quality, OCR vs bare tesseract, Office warm vs cold
 	$(BIN)/python bench/extract_speed.py
 	$(BIN)/python bench/ocr_quality.py
+	$(BIN)/python -m bench.ocr_speed
+	$(BIN)/python -m bench.office_speed
+
+bench-sandbox: install ## Per-item cost of the capped extraction child (500 one-page PDFs)
+	$(BIN)/python -m bench.sandbox
+
+bench-quotes: install services ## A quote of 1,000 one-page PDFs vs the workers just opening them
+	$(BIN)/python -m bench.quotes
+
+bench-slices: install services ## A long scan sliced vs unsliced, worker RSS, kills mid-document
+	$(BIN)/python -m bench.slices
 
 bench-fairness: install services ## Customer B's time-to-start behind A's 10,000 items
 	$(BIN)/python -m bench.fairness
