@@ -15,7 +15,7 @@ from service.settings import Settings
 from tasks.context import TaskContext
 from tasks.items import process_item
 from tests.api.conftest import Tenant
-from tests.conftest import build_context, new_customer_key
+from tests.conftest import CORPUS, build_context, new_customer_key
 from tests.fixtures.hostile.make_hostile import flate_bomb_bypass_pdf
 from tests.support.live import corpus_bytes
 
@@ -140,3 +140,22 @@ def test_an_input_swapped_after_its_first_read_fails_the_item(ctx: TaskContext) 
         "extraction_failed",
         "the input changed after upload",
     )
+
+
+def test_an_office_document_goes_through_the_batch_lane(ctx: TaskContext) -> None:
+    """A DOCX uploaded without a telling name: the worker detects it by content, converts it in
+    its sandbox child and bills the rendered pages; the result carries its table."""
+    tenant = tenant_of(ctx, "office")
+    data = (CORPUS / "office" / "word_tables.docx").read_bytes()
+    batch = tenant.submit([tenant.upload(data)]).get_json()
+    ctx.dispatcher.admit(tenant.customer_id)
+    item_id = batch["items"][0]["id"]
+    assert process_item(ctx, item_id) == "succeeded"
+    body = tenant.get(f"/v1/batches/{batch['id']}").get_json()
+    result = tenant.get(f"/v1/batches/{batch['id']}/items/{item_id}/result?inline=true").get_json()
+    assert result["file"]["content_type"] == (
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+    )
+    assert body["pages_billed"] == result["page_count"] >= 1
+    assert any(chunk["chunk_type"] == "table" for chunk in result["chunks"])
+    assert {chunk["source"] for chunk in result["chunks"]} == {"text_layer"}
