@@ -16,12 +16,10 @@ from ocr.sniff import sniff
 
 def test_public_names_and_signatures() -> None:
     params = inspect.signature(ocr.extract).parameters
-    assert list(params) == ["data", "options", "filename", "config", "on_page", "file_id"]
-    assert all(
-        params[n].kind is inspect.Parameter.KEYWORD_ONLY
-        for n in ("filename", "config", "on_page", "file_id")
-    )
-    assert list(inspect.signature(ocr.probe).parameters) == ["data", "config"]
+    keyword_only = ["filename", "config", "on_page", "file_id", "pages", "converter"]
+    assert list(params) == ["data", "options", *keyword_only]
+    assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in keyword_only)
+    assert list(inspect.signature(ocr.probe).parameters)[:2] == ["data", "config"]
     probe = ocr.probe(encode(text_image(["x"], size=(100, 100)), "PNG"))
     assert probe == ocr.Probe(kind="image", content_type="image/png", page_count=1)
     with pytest.raises(dataclasses.FrozenInstanceError):
