@@ -137,7 +137,8 @@ _NON_JSON_SUCCESS = {
         "application/zip",
         {"type": "string", "contentMediaType": "application/zip"},
     ),
-    "/v1/batches/{batch_id}/events": ("text/event-stream", {"type": "string"}),
+    # Each event's `data` is an event object (SPEC "Events"); the stream itself has no schema.
+    "/v1/batches/{batch_id}/events": ("text/event-stream", {}),
     "/v1/batches/{batch_id}/items/{item_id}/result.md": ("text/markdown", {"type": "string"}),
 }
 

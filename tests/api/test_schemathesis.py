@@ -111,9 +111,12 @@ def test_schemathesis_all_checks(
                 "100",
                 "--seed",
                 "13",
-                # The first sync extraction of a process starts its sandbox children.
+                # The sync endpoint may take up to its time limit (PAGELANE_SYNC_TIMEOUT_SECONDS,
+                # 120 s: then 504); its first Office document in a process starts LibreOffice.
                 "--request-timeout",
-                "30",
+                "125",
+                "--max-response-time",
+                "125",
             ],
             cwd=tmp_path,  # its cache (.schemathesis/) stays out of the repository
             env=env,
