@@ -36,7 +36,7 @@ from tests.conftest import build_context, new_customer_key
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = os.environ.get("PAGELANE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 
 
 def median_ms(fn: Callable[[], Any], repeat: int) -> float:

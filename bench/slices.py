@@ -32,9 +32,6 @@ from tests.fixtures.hostile.make_hostile import scan_pdf, text_pdf
 from tests.support.live import Stack
 from tests.support.stack import start_worker, wait_for
 
-# Only Redis db 12 on this shared machine.
-bench_stack_module.REDIS_URL = "redis://127.0.0.1:6379/12"
-
 
 def scanned_pdf(pages: int, *, dpi: int) -> bytes:
     """Each page an 8-bit gray image of a dozen text lines: every page needs OCR."""
