@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8080
 WORKERS ?= 2
+# Test processes (pytest-xdist): most tests wait on real workers, so more than the cores pays;
+# tests/conftest.py gives each process its own Redis databases (at most 4).
+TEST_PROCESSES ?= 3
+PYTEST_PARALLEL = -n $(TEST_PROCESSES) --dist loadgroup
 # System packages (the image has the same): Tesseract with the language packs the corpus needs;
 # LibreOffice, its Python-UNO bridge and fonts for Office and web documents (the `-nogui`
 # variants lack the UI files Writer needs when driven over UNO: docs/engine.md).
@@ -51,10 +55,10 @@ services: ## Start the machine's Postgres and Redis if they are not running (tes
 	@bash .ci/services.sh
 
 test: install services ## Run the whole suite (Postgres, Redis, S3 on moto, real workers, Tesseract)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_PARALLEL)
 
 test-fast: install services ## The suite without the slow fault-injection tests
-	PAGELANE_SKIP_SLOW=1 $(BIN)/pytest -q
+	PAGELANE_SKIP_SLOW=1 $(BIN)/pytest -q $(PYTEST_PARALLEL)
 
 test-api: install services ## Only the API tests (both database backends)
 	$(BIN)/pytest -q tests/api

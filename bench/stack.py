@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 # Its own Redis database (flushed at start); PAGELANE_BENCH_REDIS_URL moves it, so that a bench
 # can run beside the suite or another bench.
-REDIS_URL = os.environ.get("PAGELANE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+REDIS_URL = os.environ.get("PAGELANE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 
 
 @contextmanager

@@ -31,13 +31,49 @@ REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_DSN = os.environ.get(
     "PAGELANE_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 )
-REDIS_TEST_URL = os.environ.get("PAGELANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+# Each test process (the suite runs in parallel under pytest-xdist) has Redis databases of its
+# own, one per package that keeps long-lived workers: suites flush their database between tests,
+# and a worker of one process would take another's task messages. PAGELANE_TEST_REDIS_URL names
+# the server and, for a single process (or xdist's first), the main database.
+_REDIS_DATABASES = [  # (main, console, client) for process gw0, gw1, ...
+    (11, 13, 14),
+    (8, 9, 10),
+    (5, 6, 7),
+    (2, 3, 4),
+]
+_REDIS_ROLES = ("main", "console", "client")
+
+
+def redis_url_for(role: str = "main") -> str:
+    """The Redis URL this test process uses for ``role`` ("main", "console" or "client")."""
+    configured = os.environ.get("PAGELANE_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+    server, _, configured_db = configured.rpartition("/")
+    process = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    if process >= len(_REDIS_DATABASES):
+        raise RuntimeError(f"at most {len(_REDIS_DATABASES)} parallel test processes (pytest -n)")
+    databases = dict(zip(_REDIS_ROLES, _REDIS_DATABASES[process], strict=True))
+    if process == 0:
+        databases["main"] = int(configured_db or 0)
+    return f"{server}/{databases[role]}"
+
+
+REDIS_TEST_URL = redis_url_for()
 TEST_BUCKET = "pagelane-test"
 
 pytest_plugins = ["tests.support.live"]
 
 
+# Packages whose tests share one long-lived stack (package-scoped workers, a browser): under
+# pytest-xdist's --dist loadgroup each runs whole in one test process, so each stack starts once.
+_SHARED_STACK_PACKAGES = ("client", "console")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).parent
+    for item in items:
+        package = item.path.relative_to(tests_dir).parts[0]
+        if package in _SHARED_STACK_PACKAGES:
+            item.add_marker(pytest.mark.xdist_group(package))
     if os.environ.get("PAGELANE_SKIP_SLOW") == "1":
         skip = pytest.mark.skip(reason="PAGELANE_SKIP_SLOW=1 (CI runs these)")
         for item in items:

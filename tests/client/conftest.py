@@ -35,7 +35,14 @@ from service.api.app import create_app
 from service.context import ServiceContext
 from service.models import Batch, File
 from service.settings import Settings, load_settings
-from tests.conftest import CORPUS, TEST_BUCKET, build_context, new_customer_key, truncate_all
+from tests.conftest import (
+    CORPUS,
+    TEST_BUCKET,
+    build_context,
+    new_customer_key,
+    redis_url_for,
+    truncate_all,
+)
 from tests.support.stack import REPO, Proc, start_worker
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -199,15 +206,12 @@ class Customer:
         )
 
 
-CLIENT_REDIS_DB = 14
-
-
 @pytest.fixture(scope="package")
 def live_settings(
     postgres_url: str, redis_url: str, s3_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
     truncate_all(postgres_url)
-    redis_url = redis_url.rsplit("/", 1)[0] + f"/{CLIENT_REDIS_DB}"
+    redis_url = redis_url_for("client")
     redis.Redis.from_url(redis_url).flushdb()
     return load_settings(
         data_dir=tmp_path_factory.mktemp("data"),

@@ -29,7 +29,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from service.api.app import create_app
 from service.settings import Settings, load_settings
 from tasks.context import TaskContext
-from tests.conftest import build_context, new_customer_key, truncate_all
+from tests.conftest import build_context, new_customer_key, redis_url_for, truncate_all
 from tests.support.stack import Proc, free_port, start_worker
 
 ARTIFACTS = Path(__file__).with_name("artifacts")
@@ -46,9 +46,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-# A Redis database of its own: the API suites flush theirs between tests, which would take the
-# task messages of this package's long-lived workers.
-CONSOLE_REDIS_DB = 13
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -72,7 +69,7 @@ def console_stack(
     postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ConsoleStack]:
     truncate_all(postgres_url)
-    redis_url = redis_url.rsplit("/", 1)[0] + f"/{CONSOLE_REDIS_DB}"
+    redis_url = redis_url_for("console")
     redis.Redis.from_url(redis_url).flushdb()
     port = free_port()
     settings = load_settings(
