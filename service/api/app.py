@@ -17,17 +17,33 @@ from flask_openapi3 import Info, OpenAPI
 
 import ocr
 from service import logs, metrics
+from service.api.account import make_account_blueprint
 from service.api.auth import require_api_key
+from service.api.batches import make_batches_blueprint
+from service.api.blobs import make_blobs_blueprint
 from service.api.concurrency import SyncSlots
+from service.api.console import make_console_blueprint
 from service.api.context import ApiContext
+from service.api.control import make_control_blueprint
+from service.api.downloads import make_downloads_blueprint
 from service.api.errors import (
     body_too_large,
     register_error_handlers,
     validation_error_response,
 )
-from service.api.extract import DiskUploadRequest
+from service.api.events import make_events_blueprint, register_events
+from service.api.extract import (
+    DiskUploadRequest,
+    admit_sync_request,
+    make_extract_blueprint,
+    release_sync_slot,
+)
+from service.api.files import FileIdConverter, make_files_blueprint
+from service.api.health import make_health_blueprint
 from service.api.openapi import finish_document
+from service.api.quotes import make_quotes_blueprint
 from service.api.ratelimit import SubmissionRateLimiter
+from service.api.webhooks import make_webhooks_blueprint
 from service.context import ServiceContext, make_context
 from service.migrate import check_schema_current
 from service.settings import Settings, load_settings
@@ -87,32 +103,7 @@ def create_app(
     app.request_class = DiskUploadRequest
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["pagelane"] = context
-    # batch control: quotes are published to their own queue (the app only ever sends)
-    quote_celery = make_celery(settings)
-
-    def publish_quote_chunk(quote_id: str, start: int, end: int) -> None:
-        quote_celery.send_task(QUOTE_CHUNK, args=[quote_id, start, end], queue=QUEUE_QUOTES)
-
-    from service.api.account import make_account_blueprint
-    from service.api.batches import make_batches_blueprint
-    from service.api.console import make_console_blueprint
-    from service.api.control import make_control_blueprint  # batch control
-    from service.api.downloads import make_downloads_blueprint
-
-    # --- events (issue 16): the SSE stream and webhook endpoints
-    from service.api.events import make_events_blueprint, register_events
-    from service.api.extract import (
-        admit_sync_request,
-        make_extract_blueprint,
-        release_sync_slot,
-    )
-    from service.api.files import FileIdConverter, make_files_blueprint
-    from service.api.health import make_health_blueprint
-    from service.api.quotes import PUBLISHER, make_quotes_blueprint  # batch control
-    from service.api.webhooks import make_webhooks_blueprint
-
     register_events(app, settings, context.session_factory, context.redis)
-    # --- end events
 
     app.url_map.converters["fileid"] = FileIdConverter
     extract = make_extract_blueprint()
@@ -120,8 +111,8 @@ def create_app(
         make_files_blueprint(),
         make_batches_blueprint(),
         extract,
-        make_control_blueprint(),  # batch control
-        make_quotes_blueprint(),  # batch control
+        make_control_blueprint(),
+        make_quotes_blueprint(),
         make_events_blueprint(),
         make_webhooks_blueprint(),
         make_downloads_blueprint(),
@@ -133,14 +124,11 @@ def create_app(
             blueprint.before_request(admit_sync_request)
             blueprint.teardown_request(release_sync_slot)
         app.register_api(blueprint)
-    app.extensions[PUBLISHER] = publish_quote_chunk  # batch control
     app.register_api(make_health_blueprint())
     # The web console: static pages (no key needed to load them; every call they make does).
     app.register_blueprint(make_console_blueprint(context.blob_store))
 
     if isinstance(context.blob_store, LocalBlobStore):
-        from service.api.blobs import make_blobs_blueprint
-
         app.register_blueprint(make_blobs_blueprint(context.blob_store))
 
     # Generated once, now that every route is registered, then completed (service/api/openapi.py).
@@ -173,10 +161,15 @@ def _api_context(
     settings: Settings, core: ServiceContext, dispatcher: Dispatcher | None
 ) -> ApiContext:
     state = make_state_redis(settings)
+    # The API only publishes messages (items, quote chunks); its Celery app never consumes.
+    celery = make_celery(settings)
     if dispatcher is None:
-        # The API only publishes messages; its Celery app never consumes.
-        celery = make_celery(settings)
         dispatcher = make_dispatcher(core.session_factory, state, celery, settings)
+
+    def publish_quote_chunk(quote_id: str, start: int, end: int) -> None:
+        # Their own queue: quotes never wait behind extraction, nor delay it.
+        celery.send_task(QUOTE_CHUNK, args=[quote_id, start, end], queue=QUEUE_QUOTES)
+
     return ApiContext(
         **core.core_parts(),
         redis=state,
@@ -186,6 +179,7 @@ def _api_context(
             settings.require_redis(), settings.sync_rate_limit, scope="sync"
         ),
         sync_slots=SyncSlots(state),
+        publish_quote_chunk=publish_quote_chunk,
     )
 
 

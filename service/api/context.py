@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -12,6 +13,9 @@ from service.api.concurrency import SyncSlots
 from service.api.ratelimit import SubmissionRateLimiter
 from service.context import ServiceContext
 from tasks.dispatch import Dispatcher
+
+#: (quote id, first file position, end position) → a task message on the quotes queue.
+PublishQuoteChunk = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -24,6 +28,8 @@ class ApiContext(ServiceContext):
     # POST /v1/extract/file: its own rate budget, and its per-customer concurrency cap.
     sync_rate_limiter: SubmissionRateLimiter
     sync_slots: SyncSlots
+    # POST /v1/quotes: a quote's chunks of files go to the workers' quotes queue.
+    publish_quote_chunk: PublishQuoteChunk
 
     @cached_property
     def sandbox(self) -> Sandbox:

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
-from flask import Response, current_app
+from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import select
 
@@ -22,10 +21,6 @@ from service.models import Customer, File, FileStatus, Quote
 from service.uploads import load_file_states, refresh_uploads
 
 tag = Tag(name="quotes", description="What a batch would cost and how it would end, first.")
-
-#: publishes one chunk of a quote to the workers' ``quotes`` queue (set by the app factory)
-PublishChunk = Callable[[str, int, int], None]
-PUBLISHER = "pagelane.publish_quote_chunk"
 
 
 def make_quotes_blueprint() -> APIBlueprint:
@@ -95,9 +90,8 @@ def create_quote(body: CreateBatch) -> Response:
             retention=timedelta(hours=ctx.settings.retention_hours),
         )
         quote_id = quote.id
-    publish = cast(PublishChunk, current_app.extensions[PUBLISHER])
     for start, end in chunks:
-        publish(quote_id, start, end)
+        ctx.publish_quote_chunk(quote_id, start, end)
     return _quote_response(quote_id, status=201)
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from service.api.quotes import PUBLISHER
 from tasks.quotes import run_quote_chunk
 from tests.api.conftest import ApiEnv, Tenant
 from tests.corpus import CORPUS
@@ -17,7 +16,7 @@ from tests.corpus import CORPUS
 def chunks(api_env: ApiEnv) -> list[tuple[str, int, int]]:
     published: list[tuple[str, int, int]] = []
     app: Any = api_env.client.application
-    app.extensions[PUBLISHER] = lambda q, s, e: published.append((q, s, e))
+    app.extensions["pagelane"].publish_quote_chunk = lambda q, s, e: published.append((q, s, e))
     return published
 
 
