@@ -32,7 +32,7 @@ from ocr.provider import OCRProvider, PageOCRTimeout
 from ocr.result import Warnings, image_chunk, place_in_reading_order, text_chunk
 from ocr.streams import check_stream_bombs
 from ocr.tables import MIN_EDGE_PT, Rulings, TableExtractor, ruling_lines
-from ocr.textlayer import PageText, read_page_text
+from ocr.textlayer import PageText, TextCounts, read_page_text
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def _needs_ocr(
     page: pdfium.PdfPage,
     page_no: int,
     geometry: PageGeometry,
-    page_text: PageText | None,
+    page_text: TextCounts | None,
     scan: ObjectScan | None,
     job: PageJob,
 ) -> tuple[bool, ObjectScan | None]:

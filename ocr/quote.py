@@ -4,9 +4,11 @@ Used by quotes (``POST /v1/quotes``): nothing is rendered, recognised or extract
 answer must agree with what extraction will do. So this walks the same decisions with the
 engine's own functions: the same input checks (``_check_input``: size, magic bytes), the same
 open (``pdf.open_document``: stream bombs, password, page limit, no pages), per page the same
-text-layer read and OCR decision (``pdf._needs_ocr``: unusable text layer, or sparse text on a
-mostly-image page), and for a page that would be OCR'd the same image budget check that
-rendering does first (``pdf._check_image_budget``). Images are opened and their frames decoded
+OCR decision (``pdf._needs_ocr``: unusable text layer, or sparse text on a mostly-image page)
+from the same counts of the text layer (``textlayer.read_text_counts``, which extraction's
+``read_page_text`` counts with too, without its per-line boxes and fonts), and for a page that
+would be OCR'd the same image budget check that rendering does first
+(``pdf._check_image_budget``). Images are opened and their frames decoded
 as extraction decodes them (truncated frames fail there). Errors are the same
 :class:`~ocr.errors.ExtractionError` classes, hence the same item error codes.
 
@@ -28,7 +30,7 @@ from ocr.errors import CorruptDocumentError, ExtractionError
 from ocr.geometry import PageGeometry
 from ocr.pipeline import _check_input, _resource_error
 from ocr.result import Warnings, normalize_options
-from ocr.textlayer import read_page_text
+from ocr.textlayer import read_text_counts
 
 
 def quote_probe(
@@ -113,8 +115,8 @@ def _page_needs_ocr(doc: pdfium.PdfDocument, index: int, job: pdf_input.PageJob)
         if geometry.width < 1 or geometry.height < 1:
             return False  # skipped: no visible area
         textpage = page.get_textpage()
-        page_text = read_page_text(textpage.raw, geometry)
-        run_ocr, scan = pdf_input._needs_ocr(page, page_no, geometry, page_text, None, job)
+        counts = read_text_counts(textpage.raw)
+        run_ocr, scan = pdf_input._needs_ocr(page, page_no, geometry, counts, None, job)
         if not run_ocr or scan is None or scan.too_many:
             return False  # too complex to render: extraction gives the page no text
         pdf_input._check_image_budget(page_no, scan, job.config)

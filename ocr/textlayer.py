@@ -12,7 +12,7 @@ is one chunk and a heading another.
 from __future__ import annotations
 
 import ctypes
-import unicodedata
+import re
 from dataclasses import dataclass
 
 import pypdfium2.raw as pdfium_c
@@ -25,6 +25,10 @@ _CONTROL_TABLE[0x7F] = None
 _CONTROL_TABLE[0xFFFF] = None
 _CONTROL_TABLE[0xFFFE] = ord("-")  # pdfium marks a hyphen at a line break as U+FFFE
 _FONT_NAME_BUF = 256
+# Undecodable glyphs: U+FFFD and the private-use planes (Unicode category "Co"), which is what
+# fonts without a usable ToUnicode map give. tests/ocr/test_textlayer.py checks it against
+# unicodedata over every code point.
+_GARBAGE = re.compile("[\ufffd\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010fffd]")
 
 
 @dataclass
@@ -45,9 +49,12 @@ class TextBlock:
         return "\n".join(line.text for line in self.lines)
 
 
-@dataclass
-class PageText:
-    blocks: list[TextBlock]
+@dataclass(frozen=True)
+class TextCounts:
+    """What the OCR decision reads of a text layer (``pdf._needs_ocr``), counted over the
+    page's whole text: so a quote (``ocr/quote.py``), which reads only this, decides exactly
+    as extraction does."""
+
     n_chars: int  # characters pdfium found (generated spaces included)
     n_meaningful: int  # letters and digits
     n_garbage: int  # U+FFFD and private-use code points (fonts without a usable ToUnicode)
@@ -56,6 +63,11 @@ class PageText:
     def usable(self) -> bool:
         """A text layer worth trusting: some letters/digits, and not mostly undecodable glyphs."""
         return self.n_meaningful >= 1 and self.n_garbage <= self.n_meaningful
+
+
+@dataclass(frozen=True)
+class PageText(TextCounts):
+    blocks: list[TextBlock]
 
 
 class _Scratch:
@@ -74,15 +86,29 @@ class _Scratch:
         self.flags = ctypes.c_int()
 
 
+def read_text_counts(textpage_raw: object) -> TextCounts:
+    """The counts alone: one text read, no lines (a tenth of :func:`read_page_text`'s cost)."""
+    n = pdfium_c.FPDFText_CountChars(textpage_raw)
+    return count_text(_read_all(textpage_raw, n) if n > 0 else "")
+
+
+def count_text(text: str) -> TextCounts:
+    """Letters and digits, and garbage glyphs, of a page's text as pdfium gives it."""
+    # The whole text, line breaks and blank lines included: neither holds a letter, a digit or
+    # a garbage glyph, so this equals counting the lines' text (controls removed, stripped).
+    meaningful = sum(map(str.isalnum, text))
+    return TextCounts(len(text), meaningful, len(_GARBAGE.findall(text)))
+
+
 def read_page_text(textpage_raw: object, geometry: PageGeometry) -> PageText:
     """Lines and blocks of one page. ``textpage_raw`` is a loaded ``FPDF_TEXTPAGE``."""
     n = pdfium_c.FPDFText_CountChars(textpage_raw)
     if n <= 0:
-        return PageText([], 0, 0, 0)
+        return PageText(0, 0, 0, blocks=[])
     text = _read_all(textpage_raw, n)
+    counts = count_text(text)
     scratch = _Scratch()
     lines: list[TextLine] = []
-    meaningful = garbage = 0
     start = 0
     while start < n:
         end = text.find("\r\n", start)
@@ -93,13 +119,10 @@ def read_page_text(textpage_raw: object, geometry: PageGeometry) -> PageText:
             line = _make_line(textpage_raw, start, end, raw_line, geometry, scratch)
             if line is not None:
                 lines.append(line)
-                for ch in line.text:
-                    if ch.isalnum():
-                        meaningful += 1
-                    elif ch == "\ufffd" or unicodedata.category(ch) == "Co":
-                        garbage += 1
         start = end + 2
-    return PageText(_group_blocks(lines), n, meaningful, garbage)
+    return PageText(
+        counts.n_chars, counts.n_meaningful, counts.n_garbage, blocks=_group_blocks(lines)
+    )
 
 
 def _read_all(textpage_raw: object, n: int) -> str:

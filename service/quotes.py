@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.clock import utcnow
@@ -118,27 +118,44 @@ def create_quote(
     return quote, chunks
 
 
+# Built once with bound parameters: one executemany per chunk (record_answers).
+_RECORD_ANSWER = (
+    update(QuoteItem)
+    .where(
+        QuoteItem.quote_id == bindparam("p_quote_id"),
+        QuoteItem.position == bindparam("p_position"),
+        QuoteItem.done.is_(False),
+    )
+    .values(
+        done=True,
+        page_count=bindparam("p_page_count"),
+        ocr_pages=bindparam("p_ocr_pages"),
+        error_code=bindparam("p_error_code"),
+    )
+)
+
+
 def record_answers(session: Session, quote_id: str, answers: Sequence[FileAnswer]) -> bool:
     """Store a chunk's answers; True when this completed the quote. A redelivered chunk
     changes nothing (only rows not yet done are written and counted)."""
-    written = 0
-    for answer in answers:
-        result = session.execute(
-            update(QuoteItem)
-            .where(
-                QuoteItem.quote_id == quote_id,
-                QuoteItem.position == answer.position,
-                QuoteItem.done.is_(False),
-            )
-            .values(
-                done=True,
-                page_count=answer.page_count,
-                ocr_pages=answer.ocr_pages,
-                error_code=answer.error_code,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        written += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if not answers:
+        return False
+    # One executemany for the chunk (a statement built per answer cost as much as judging the
+    # file); both drivers sum an executemany's rowcount (supports_sane_multi_rowcount).
+    result = session.connection().execute(
+        _RECORD_ANSWER,
+        [
+            {
+                "p_quote_id": quote_id,
+                "p_position": answer.position,
+                "p_page_count": answer.page_count,
+                "p_ocr_pages": answer.ocr_pages,
+                "p_error_code": answer.error_code,
+            }
+            for answer in answers
+        ],
+    )
+    written = result.rowcount
     if not written:
         return False
     # The row lock taken here orders the chunks' countdowns: exactly one sees zero.

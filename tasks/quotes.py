@@ -14,7 +14,7 @@ import hashlib
 import logging
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 import ocr
 from service import quotes
@@ -30,30 +30,33 @@ log = logging.getLogger("pagelane.quotes")
 def run_quote_chunk(ctx: TaskContext, quote_id: str, start: int, end: int) -> int:
     """Answer positions ``[start, end)`` of a quote; returns how many were answered."""
     with ctx.session_factory() as session:
-        options = session.scalar(select(Quote.options).where(Quote.id == quote_id))
-        if options is None:
-            return 0  # expired and deleted meanwhile
+        # The quote's options ride along on every row: one query, not two, per chunk (no
+        # rows: the chunk was answered already, or the quote expired and was deleted).
         rows = session.execute(
-            select(
-                QuoteItem.position,
-                QuoteItem.blob_key,
-                QuoteItem.sha256_declared,
-            ).where(
-                QuoteItem.quote_id == quote_id,
-                QuoteItem.position >= start,
-                QuoteItem.position < end,
-                QuoteItem.done.is_(False),
-            )
+            _FILES_TO_ANSWER, {"p_quote_id": quote_id, "p_start": start, "p_end": end}
         ).all()
     config = ocr_config(ctx.settings)
     answers = [
-        _answer(ctx, row.position, row.blob_key, row.sha256_declared, options, config)
+        _answer(ctx, row.position, row.blob_key, row.sha256_declared, row.options, config)
         for row in rows
     ]
     if answers:
         with transaction(ctx.session_factory) as session:
             quotes.record_answers(session, quote_id, answers)
     return len(answers)
+
+
+_FILES_TO_ANSWER = (
+    select(QuoteItem.position, QuoteItem.blob_key, QuoteItem.sha256_declared, Quote.options)
+    .join(Quote, Quote.id == QuoteItem.quote_id)
+    .where(
+        QuoteItem.quote_id == bindparam("p_quote_id"),
+        QuoteItem.position >= bindparam("p_start"),
+        QuoteItem.position < bindparam("p_end"),
+        QuoteItem.done.is_(False),
+    )
+    .order_by(QuoteItem.position)
+)
 
 
 def _answer(

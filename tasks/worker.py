@@ -108,7 +108,13 @@ def make_worker_app(settings: Settings) -> Celery:
     # batch control: quotes (their own queue) and their retention sweep
     @app.task(name=QUOTE_CHUNK, ignore_result=True)
     def quote_chunk_task(quote_id: str, start: int, end: int) -> int:
-        return run_quote_chunk(state.context, quote_id, start, end)
+        started = time.perf_counter()
+        answered = run_quote_chunk(state.context, quote_id, start, end)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        log.info(
+            "quote %s [%d, %d): %d files in %.1f ms", quote_id, start, end, answered, elapsed_ms
+        )
+        return answered
 
     _register_sweep(app, state, "prune_quotes", prune_quotes)
     _register_webhooks(app, state)

@@ -7,6 +7,9 @@ from typing import Any
 
 import pytest
 
+from service import quotes
+from service.db import transaction
+from service.models import Quote
 from tasks.quotes import run_quote_chunk
 from tests.api.conftest import ApiEnv, Tenant
 from tests.corpus import CORPUS
@@ -94,6 +97,33 @@ def test_quote_applies_the_quota_in_position_order(
     assert done["totals"]["billable_pages"] == 5
     assert done["totals"]["quota_remaining"] == 6
     assert done["totals"]["fits_quota"] is False
+
+
+def test_a_chunk_counts_down_only_the_files_it_answered_first(
+    api_env: ApiEnv, alice: Tenant, chunks: list[tuple[str, int, int]]
+) -> None:
+    # A chunk's answers are one executemany: its rowcount must be the sum over the answers
+    # (not the last statement's, nor -1), or a redelivered chunk would count files twice.
+    files = _upload(alice, *["digital-crazyones-1p.pdf"] * 3)
+    quote_id = alice.post("/v1/quotes", {"file_ids": files}).get_json()["id"]
+
+    def record(*answers: tuple[int, int]) -> bool:
+        with transaction(api_env.ctx.session_factory) as session:
+            found = [quotes.FileAnswer(p, pages, 0, None) for p, pages in answers]
+            return quotes.record_answers(session, quote_id, found)
+
+    def files_left() -> int:
+        with api_env.ctx.session_factory() as session:
+            quote = session.get(Quote, quote_id)
+            assert quote is not None
+            return quote.files_left
+
+    assert record((0, 1)) is False and files_left() == 2
+    assert record((1, 1), (0, 7)) is False and files_left() == 1  # position 0 again: ignored
+    assert record((0, 7), (1, 7), (2, 1)) is True and files_left() == 0
+    done = alice.get(f"/v1/quotes/{quote_id}").get_json()
+    assert [i["page_count"] for i in done["items"]] == [1, 1, 1]
+    assert done["status"] == "completed" and done["totals"]["pages"] == 3
 
 
 def test_quote_refusals_and_rate_limit_shape(alice: Tenant) -> None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
+import pypdfium2 as pdfium
 from ocr_testkit import text_of
 
 import ocr
+from ocr.geometry import PageGeometry
+from ocr.pdf import open_document
+from ocr.textlayer import count_text, read_page_text, read_text_counts
 
 
 def _text_chunks(data: bytes) -> list[dict]:
@@ -95,3 +102,53 @@ def test_thousand_page_document_is_processed_page_by_page(hostile: ModuleType) -
         assert exc.code == "page_limit_exceeded" and seen == []
     else:
         raise AssertionError("1,001 pages must be over the limit")
+
+
+def _text_pages(data: bytes) -> Iterator[tuple[object, PageGeometry]]:
+    """Each page's loaded text page, of the documents extraction reads pages of."""
+    try:
+        doc = open_document(data, ocr.EngineConfig())
+    except ocr.ExtractionError:
+        return  # refused before any page is read (bombs, page limit, password, damage)
+    try:
+        for index in range(len(doc)):
+            try:
+                page = doc[index]
+            except pdfium.PdfiumError:
+                continue
+            box = page.get_bbox()
+            textpage = page.get_textpage()
+            yield textpage.raw, PageGeometry((box[0], box[1], box[2], box[3]), page.get_rotation())
+            textpage.close()
+            page.close()
+    finally:
+        doc.close()
+
+
+def test_the_text_layer_counts_are_those_of_the_text_extraction_reads(
+    corpus_dir: Path, hostile_files: dict[str, Path]
+) -> None:
+    """The OCR decision's counts come from the page's whole text in one read (that is all a
+    quote reads): on every page of the corpus and the hostile files they equal the letters,
+    digits and garbage glyphs of the lines extraction keeps (counted here per character)."""
+    paths = [*sorted(corpus_dir.glob("*.pdf")), *sorted(hostile_files.values())]
+    pages = garbage_pages = 0
+    for path in paths:
+        for textpage, geometry in _text_pages(path.read_bytes()):
+            kept = [ch for block in read_page_text(textpage, geometry).blocks for ch in block.text]
+            meaningful = sum(1 for ch in kept if ch.isalnum())
+            garbage = sum(1 for ch in kept if ch == "\ufffd" or unicodedata.category(ch) == "Co")
+            counts = read_text_counts(textpage)
+            assert (counts.n_meaningful, counts.n_garbage) == (meaningful, garbage), path
+            pages += 1
+            garbage_pages += garbage > 0
+    assert pages > 150 and garbage_pages > 0
+
+
+def test_garbage_is_replacement_and_private_use_characters() -> None:
+    """The garbage pattern is U+FFFD and Unicode's category "Co", over every code point."""
+    every = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    garbage = [ch for ch in every if ch == "\ufffd" or unicodedata.category(ch) == "Co"]
+    others = set(every) - set(garbage)
+    assert count_text("".join(garbage)).n_garbage == len(garbage) > 6000
+    assert count_text("".join(others)).n_garbage == 0
