@@ -278,6 +278,30 @@ class Sandbox:
         kind, content_type, page_count = reply["result"]
         return Probe(str(kind), str(content_type), int(page_count))
 
+    def quote_bytes(
+        self,
+        data: bytes,
+        options: Mapping[str, Any] | None = None,
+        *,
+        config: EngineConfig | None = None,
+        timeout_s: float | None = None,
+    ) -> tuple[int, int]:
+        """:func:`ocr.quote_probe` of ``data`` in a child: ``(page_count, ocr_pages)``. A quote
+        opens untrusted documents too (pdfium parses their structure), so it gets the same
+        memory and time caps as an extraction."""
+        job: dict[str, Any] = {
+            "op": "quote",
+            "options": dict(options) if options is not None else None,
+        }
+        config = config or EngineConfig()
+        if len(data) > INLINE_MAX_BYTES:
+            with input_file(data) as path:
+                reply = self._run({**job, "path": path}, config, None, timeout_s)
+        else:
+            reply = self._run(job, config, None, timeout_s, bytes(data))
+        pages, ocr_pages = reply["result"]
+        return int(pages), int(ocr_pages)
+
     def pids(self) -> list[int]:
         """Process ids of the live children (for tests and diagnostics)."""
         with self._lock:
@@ -879,6 +903,8 @@ def _child_job(
     if job["op"] == "probe":
         found = ocr.probe(data, config=config)
         return [found.kind, found.content_type, found.page_count]
+    if job["op"] == "quote":
+        return list(ocr.quote_probe(data, job.get("options"), config))
 
     # Progress goes out at most every PROGRESS_INTERVAL_S (the parent replays every page in
     # order from it, and from the final reply): a message per page would cost every short

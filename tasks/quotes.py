@@ -4,7 +4,8 @@ Runs on the ``quotes`` queue, never on ``items``: a quote cannot delay extractio
 judged as the item task would end it, in the same order of checks (``tasks/items.py``): the
 object missing → ``upload_missing``, larger than the limit → ``document_too_large`` (from the
 stored size, before the body is read), a declared sha256 that does not match →
-``extraction_failed``, then ``ocr.quote_probe`` (the engine's own checks and OCR decision).
+``extraction_failed``, then ``ocr.quote_probe`` (the engine's own checks and OCR decision) in the
+worker's capped sandbox child, as an extraction would be.
 Nothing is extracted, stored or billed.
 """
 
@@ -82,7 +83,8 @@ def _answer(
     if sha256_declared and hashlib.sha256(data).hexdigest() != sha256_declared:
         return failed("extraction_failed")
     try:
-        pages, ocr_pages = ocr.quote_probe(data, options, config)
+        # In the capped child, like an extraction: a hostile document costs that child only.
+        pages, ocr_pages = ctx.sandbox.quote_bytes(data, options, config=config)
     except ocr.errors.ExtractionError as exc:
         return failed(exc.code)
     except Exception:

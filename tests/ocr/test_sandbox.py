@@ -144,6 +144,22 @@ def test_flate_bomb_bypass_ends_as_extraction_failed(
     assert sandbox.probe(bombs[bypass]).page_count == 1  # opening does not inflate contents
 
 
+def test_a_quote_of_a_flate_bomb_bypass_ends_as_extraction_failed_in_the_child(
+    bombs: dict[str, Path], sandbox: Sandbox, corpus_dir: Path
+) -> None:
+    """A quote reads each page's text layer, so pdfium inflates the content stream: the quote
+    runs in the capped child like an extraction (tasks/quotes.py), and the bomb costs only it."""
+    rss_before = _status_mb("VmRSS")
+    _reset_peak_rss()
+    with pytest.raises(ocr.ResourceLimitError) as caught:
+        sandbox.quote_bytes(bombs[BYPASSES[0]].read_bytes())
+    assert caught.value.code == "extraction_failed"
+    assert _status_mb("VmHWM") - rss_before < 50, "the bomb grew the parent"
+    # the same answers as the engine's own quote, after the child was replaced
+    data = (corpus_dir / "mixed-generated-scan-and-digital-pages-6p.pdf").read_bytes()
+    assert sandbox.quote_bytes(data, {"ocr": "auto"}) == ocr.quote_probe(data, {"ocr": "auto"})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bypass", BYPASSES[:1])
 def test_flate_bomb_bypass_inflates_in_process(bypass: str, bombs: dict[str, Path]) -> None:
