@@ -92,11 +92,14 @@ def start_worker(
     concurrency: int = 2,
     queues: str = "items,sweeps",
     faults: dict[str, str] | None = None,
+    module: str | None = None,
 ) -> Proc:
-    """A real worker; with ``faults`` it is tests.support.fault_worker's engine-faulty one."""
+    """A real worker; with ``faults`` it is tests.support.fault_worker's engine-faulty one.
+    ``module``: another entry point that takes pagelane's worker arguments (bench/inprocess.py).
+    """
     name = f"w{uuid.uuid4().hex[:6]}@test"
     env = {**settings_env(settings), **(faults or {})}
-    module = "tests.support.fault_worker" if faults else "service.cli"
+    module = module or ("tests.support.fault_worker" if faults else "service.cli")
     argv = [
         sys.executable,
         "-m",
