@@ -22,6 +22,7 @@ from typing import Any
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+SANDBOX_CHILD = b"import ocr.sandbox"  # the start of a sandbox child's `python -c` program
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -65,6 +66,20 @@ class Proc:
             return [int(p) for p in path.read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
             return []
+
+    def sandbox_children(self) -> dict[int, int]:
+        """How many sandbox children (ocr/sandbox.py) each pool child has, by its pid: one once
+        it has extracted (the sandbox starts with the first extraction and stays warm)."""
+        counts: dict[int, int] = {}
+        for pool_child in self.children():
+            try:
+                kids = Path(f"/proc/{pool_child}/task/{pool_child}/children").read_text().split()
+                counts[pool_child] = sum(
+                    SANDBOX_CHILD in Path(f"/proc/{kid}/cmdline").read_bytes() for kid in kids
+                )
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # the pool child (or its child) exited meanwhile
+        return counts
 
     def stop(self, timeout: float = 20) -> None:
         if self.alive():
