@@ -56,14 +56,18 @@ def _cpu_s(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_s(pid: int) -> float:
-    """CPU time of ``pid`` and of its live descendants (a worker, its pool children and their
-    sandbox children). Unlike wall time, barely moved by other processes' load."""
+def tree_cpu_s(pid: int) -> dict[int, float]:
+    """CPU time of ``pid`` and of each of its live descendants (a worker, its pool children and
+    their sandbox children), by pid. Unlike wall time, barely moved by other processes' load;
+    a process that exits takes its figure with it, so compare the pids of two snapshots."""
     try:
         kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return _cpu_s(pid) + sum(tree_cpu_s(int(kid)) for kid in kids)
+        found = {pid: _cpu_s(pid)}
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0  # exited meanwhile
+        return {}  # exited meanwhile
+    for kid in kids:
+        found.update(tree_cpu_s(int(kid)))
+    return found
 
 
 def per_item(

@@ -172,7 +172,13 @@ def compare(
                 for name, docs in documents.items():
                     cpu_before = tree_cpu_s(worker.pid)
                     seconds, pages = through_system(stack, docs)
-                    best[arm, name].add(seconds, pages, tree_cpu_s(worker.pid) - cpu_before)
+                    cpu_after = tree_cpu_s(worker.pid)
+                    assert cpu_after.keys() == cpu_before.keys(), (
+                        "a process of the worker's tree was replaced mid-measurement: its CPU "
+                        f"time is lost ({sorted(cpu_before)} -> {sorted(cpu_after)})"
+                    )
+                    cpu_s = sum(cpu_after.values()) - sum(cpu_before.values())
+                    best[arm, name].add(seconds, pages, cpu_s)
             finally:
                 worker.stop()
     return best
