@@ -112,7 +112,7 @@ bench-slices: install services ## A long scan sliced vs unsliced, worker RSS, ki
 bench-fairness: install services ## Customer B's time-to-start behind A's 10,000 items
 	$(BIN)/python -m bench.fairness
 
-bench-throughput: install services ## Pages/s through the whole system vs the bare engine
+bench-throughput: install services ## Pages/s through the whole system vs the bare engine; the sandbox's cost
 	$(BIN)/python -m bench.throughput
 
 bench-client: install ## `pagelane run` on 500 PDFs vs the server alone (embedded stack)

@@ -6,6 +6,7 @@ by tests and benchmarks that drive task code directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -18,12 +19,23 @@ from service.settings import Settings
 from tasks.dispatch import Dispatcher, make_dispatcher, make_state_redis
 from tasks.lease import LeaseKeeper
 
+#: Builds the sandbox a worker process extracts in (one per pool child).
+SandboxFactory = Callable[[Settings], Sandbox]
+
+
+def capped_sandbox(settings: Settings) -> Sandbox:
+    """What every worker runs: one capped child (a pool child works on one item at a time)."""
+    return Sandbox(1, SandboxLimits(memory_mb=settings.sandbox_memory_mb))
+
 
 @dataclass
 class TaskContext(ServiceContext):
     # State Redis: semaphores and rate limits (the broker has its own connections).
     redis: redis.Redis
     dispatcher: Dispatcher
+    # Only the benchmark of the isolation's cost passes another (bench/inprocess.py): there is
+    # no setting for it, so no deployment can run its extractions unisolated.
+    make_sandbox: SandboxFactory = capped_sandbox
 
     @cached_property
     def lease_keeper(self) -> LeaseKeeper:
@@ -37,9 +49,9 @@ class TaskContext(ServiceContext):
 
     @cached_property
     def sandbox(self) -> Sandbox:
-        """The capped child process every extraction of this process runs in (one: a pool
-        child works on one item at a time). Started on first use, kept warm after."""
-        sandbox = Sandbox(1, SandboxLimits(memory_mb=self.settings.sandbox_memory_mb))
+        """The capped child process every extraction of this process runs in. Started on
+        first use, kept warm after."""
+        sandbox = self.make_sandbox(self.settings)
         sandbox.start()
         return sandbox
 
@@ -52,11 +64,14 @@ class TaskContext(ServiceContext):
         self.redis.close()
 
 
-def make_task_context(settings: Settings, celery: Celery) -> TaskContext:
+def make_task_context(
+    settings: Settings, celery: Celery, *, make_sandbox: SandboxFactory = capped_sandbox
+) -> TaskContext:
     core = make_context(settings)
     state = make_state_redis(settings)
     return TaskContext(
         **core.core_parts(),
         redis=state,
         dispatcher=make_dispatcher(core.session_factory, state, celery, settings),
+        make_sandbox=make_sandbox,
     )

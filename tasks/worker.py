@@ -29,7 +29,7 @@ from tasks.app import (
     WEBHOOKS_TICK,
     make_celery,
 )
-from tasks.context import TaskContext, make_task_context
+from tasks.context import SandboxFactory, TaskContext, capped_sandbox, make_task_context
 from tasks.items import process_item
 from tasks.quotes import prune_quotes, run_quote_chunk
 from tasks.slices import process_slice
@@ -41,15 +41,18 @@ log = logging.getLogger("pagelane.worker")
 class WorkerState:
     """Holds this process's context; rebuilt in each forked child."""
 
-    def __init__(self, settings: Settings, celery: Celery) -> None:
+    def __init__(self, settings: Settings, celery: Celery, make_sandbox: SandboxFactory) -> None:
         self.settings = settings
         self.celery = celery
+        self.make_sandbox = make_sandbox
         self._context: TaskContext | None = None
 
     @property
     def context(self) -> TaskContext:
         if self._context is None:
-            self._context = make_task_context(self.settings, self.celery)
+            self._context = make_task_context(
+                self.settings, self.celery, make_sandbox=self.make_sandbox
+            )
         return self._context
 
     def reset_after_fork(self, **_: Any) -> None:
@@ -65,9 +68,11 @@ class WorkerState:
             self._context = None
 
 
-def make_worker_app(settings: Settings) -> Celery:
+def make_worker_app(settings: Settings, *, make_sandbox: SandboxFactory = capped_sandbox) -> Celery:
+    """The worker's app. ``make_sandbox`` is for bench/inprocess.py alone, which measures what
+    the isolation costs against extractions in the pool child itself."""
     app = make_celery(settings)
-    state = WorkerState(settings, app)
+    state = WorkerState(settings, app, make_sandbox)
     signals.worker_process_init.connect(state.reset_after_fork, weak=False)
 
     def setup_logging(loglevel: int | str | None = None, **_: Any) -> None:

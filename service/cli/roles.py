@@ -6,10 +6,18 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from service.cli.common import load
+
+# Imported by the commands that need them: see service/cli/common.py.
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from service.settings import Settings
 
 
 @click.command()
@@ -76,16 +84,43 @@ def worker(concurrency: int, queues: str, loglevel: str, hostname: str | None) -
     finish (their results, billing and slots are written as usual), then exits. A message it
     had received but not started is unacknowledged (acks_late) and goes back to the queue.
     """
-    settings = load()
-    created_metrics_dir = _prepare_metrics_dir("worker")
-    # Imported only now: prometheus_client must see PROMETHEUS_MULTIPROC_DIR when it loads.
-    from service import logs, metrics
+    run_worker(
+        load(),
+        _worker_app,
+        concurrency=concurrency,
+        queues=queues,
+        loglevel=loglevel,
+        hostname=hostname,
+    )
+
+
+def _worker_app(settings: Settings) -> Celery:
+    # Imported when run_worker calls it, after it has set the metrics directory up.
     from tasks.worker import make_worker_app
+
+    return make_worker_app(settings)
+
+
+def run_worker(
+    settings: Settings,
+    make_app: Callable[[Settings], Celery],
+    *,
+    concurrency: int,
+    queues: str,
+    loglevel: str,
+    hostname: str | None,
+) -> None:
+    """What `pagelane worker` runs, around the app ``make_app`` builds: bench/inprocess.py
+    runs the same worker with its extractions in-process, to measure what the sandbox costs."""
+    created_metrics_dir = _prepare_metrics_dir("worker")
+    # Imported only now (make_app too imports the worker's modules only when called):
+    # prometheus_client must see PROMETHEUS_MULTIPROC_DIR when it loads.
+    from service import logs, metrics
 
     # Celery configures logging again through the setup_logging signal (tasks/worker.py); this
     # earlier call covers what happens before that, such as the metrics endpoint starting.
     logs.configure_logging(loglevel, fmt=settings.log_format)
-    app = make_worker_app(settings)
+    app = make_app(settings)
     # In this, the parent process, before the pool forks: one endpoint adds up every child's
     # files. The children inherit the listening socket but never serve it.
     metrics.start_worker_metrics_server(settings.worker_metrics_port, settings.metrics_bind)

@@ -22,6 +22,7 @@ from typing import Any
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+SANDBOX_CHILD = b"import ocr.sandbox"  # the start of a sandbox child's `python -c` program
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -66,6 +67,20 @@ class Proc:
         except (FileNotFoundError, ProcessLookupError):
             return []
 
+    def sandbox_children(self) -> dict[int, int]:
+        """How many sandbox children (ocr/sandbox.py) each pool child has, by its pid: one once
+        it has extracted (the sandbox starts with the first extraction and stays warm)."""
+        counts: dict[int, int] = {}
+        for pool_child in self.children():
+            try:
+                kids = Path(f"/proc/{pool_child}/task/{pool_child}/children").read_text().split()
+                counts[pool_child] = sum(
+                    SANDBOX_CHILD in Path(f"/proc/{kid}/cmdline").read_bytes() for kid in kids
+                )
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # the pool child (or its child) exited meanwhile
+        return counts
+
     def stop(self, timeout: float = 20) -> None:
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
@@ -92,11 +107,14 @@ def start_worker(
     concurrency: int = 2,
     queues: str = "items,sweeps",
     faults: dict[str, str] | None = None,
+    module: str | None = None,
 ) -> Proc:
-    """A real worker; with ``faults`` it is tests.support.fault_worker's engine-faulty one."""
+    """A real worker; with ``faults`` it is tests.support.fault_worker's engine-faulty one.
+    ``module``: another entry point that takes pagelane's worker arguments (bench/inprocess.py).
+    """
     name = f"w{uuid.uuid4().hex[:6]}@test"
     env = {**settings_env(settings), **(faults or {})}
-    module = "tests.support.fault_worker" if faults else "service.cli"
+    module = module or ("tests.support.fault_worker" if faults else "service.cli")
     argv = [
         sys.executable,
         "-m",
