@@ -111,6 +111,16 @@ class InProcessSandbox(Sandbox):
     ) -> Probe:
         return ocr.probe(data, config=config or EngineConfig())
 
+    def quote_bytes(
+        self,
+        data: bytes,
+        options: Mapping[str, Any] | None = None,
+        *,
+        config: EngineConfig | None = None,
+        timeout_s: float | None = None,
+    ) -> tuple[int, int]:
+        return ocr.quote_probe(data, options, config or EngineConfig())
+
 
 def _read(path: str | os.PathLike[str], config: EngineConfig | None) -> bytes:
     # As the sandbox child does: refuse an oversized file before reading it into memory.
