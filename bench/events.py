@@ -42,14 +42,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
 from bench.stack import CORPUS, bench_stack
+from service.models import Event, WebhookDelivery
 from tests.api.conftest import Tenant
 from tests.support.live import Stack
 from tests.support.stack import Proc, free_port, settings_env, wait_for
@@ -277,13 +279,10 @@ def stream_latencies(records: list[StreamRecord]) -> list[float]:
     ]
 
 
-def webhook_latencies(receiver: Receiver, batch_id: str) -> list[float]:
-    """Of each event's first delivery (a retried one arrives again: at least once)."""
-    first: dict[int, float] = {}
-    for received, batch, seq, _, created in receiver.deliveries:
-        if batch == batch_id and seq not in first:
-            first[seq] = received - created
-    return list(first.values())
+def print_webhooks(figures: WebhookFigures) -> None:
+    print(f"    commit → webhook  {fmt_ms(figures.total)}")
+    print(f"      commit → fanned out  {fmt_ms(figures.fan_out)}")
+    print(f"      fanned out → sent    {fmt_ms(figures.send)}")
 
 
 def fmt_ms(values: list[float]) -> str:
@@ -416,14 +415,14 @@ def run(
         f"max {max(r.connections for r in many)}"
     )
     print(f"    commit → SSE      {fmt_ms(lat_many)}")
-    print(f"    commit → webhook  {fmt_ms(hooks_many)}")
+    print_webhooks(hooks_many)
     print(
         f"    API CPU {running_many['cpu_s']:.1f} s in {running_many['wall_s']:.1f} s "
         f"({running_many['cores'] * 100:.0f} % of a core)"
     )
     print("  the same workload, 1 stream (baseline):")
     print(f"    commit → SSE      {fmt_ms(lat_one)}")
-    print(f"    commit → webhook  {fmt_ms(hooks_one)}")
+    print_webhooks(hooks_one)
     print(
         f"    API CPU {running_one['cpu_s']:.1f} s in {running_one['wall_s']:.1f} s "
         f"({running_one['cores'] * 100:.0f} % of a core)"
@@ -434,10 +433,10 @@ def run(
             f"{percentile(lat_many, 0.5) / percentile(lat_one, 0.5):.2f}, p95 "
             f"{percentile(lat_many, 0.95) / percentile(lat_one, 0.95):.2f}"
         )
-    if hooks_many and hooks_one:
+    if hooks_many.total and hooks_one.total:
         print(
             f"  ratio webhook latency (with {n} streams / with 1): p50 "
-            f"{percentile(hooks_many, 0.5) / percentile(hooks_one, 0.5):.2f}"
+            f"{percentile(hooks_many.total, 0.5) / percentile(hooks_one.total, 0.5):.2f}"
         )
     print(
         f"  ratio API CPU running {n} streams / 1 stream = "
@@ -445,12 +444,18 @@ def run(
     )
 
 
-def wait_webhooks(stack: Stack, receiver: Receiver, batch_id: str) -> list[float]:
-    """Wait for the batch's webhooks (every event, once the senders caught up)."""
-    from sqlalchemy import func, select
+@dataclass
+class WebhookFigures:
+    """Commit → receive of each event's first delivery, and its two legs: commit → fanned out
+    (the delivery row is created by the beat tick's fan-out) and fanned out → received."""
 
-    from service.models import Event
+    total: list[float]
+    fan_out: list[float]
+    send: list[float]
 
+
+def wait_webhooks(stack: Stack, receiver: Receiver, batch_id: str) -> WebhookFigures:
+    """Wait until every event of the batch was delivered; its latencies, split in two."""
     with stack.ctx.session_factory() as session:
         expected = (
             session.scalar(
@@ -464,7 +469,24 @@ def wait_webhooks(stack: Stack, receiver: Receiver, batch_id: str) -> list[float
         0.2,
         "every webhook delivered",
     )
-    return webhook_latencies(receiver, batch_id)
+    first: dict[int, tuple[float, float]] = {}  # seq -> (received, created)
+    for received, batch, seq, _, created in receiver.deliveries:
+        if batch == batch_id and seq not in first:
+            first[seq] = (received, created)
+    with stack.ctx.session_factory() as session:
+        fanned = {
+            seq: at.replace(tzinfo=UTC).timestamp()
+            for seq, at in session.execute(
+                select(WebhookDelivery.seq, func.min(WebhookDelivery.created_at))
+                .where(WebhookDelivery.batch_id == batch_id)
+                .group_by(WebhookDelivery.seq)
+            )
+        }
+    return WebhookFigures(
+        total=[r - c for r, c in first.values()],
+        fan_out=[fanned[seq] - c for seq, (_, c) in first.items()],
+        send=[r - fanned[seq] for seq, (r, _) in first.items()],
+    )
 
 
 if __name__ == "__main__":
