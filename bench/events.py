@@ -254,11 +254,13 @@ def _status_field(pid: int, name: str) -> int:
 def cpu_meter(api: ApiProcess) -> Iterator[dict[str, float]]:
     """CPU seconds the API worker process used in the block, and per wall second."""
     out: dict[str, float] = {}
-    cpu, wall = api.cpu_seconds(), time.monotonic()
+    cpu, wall, client = api.cpu_seconds(), time.monotonic(), time.process_time()
     yield out
     out["cpu_s"] = api.cpu_seconds() - cpu
     out["wall_s"] = time.monotonic() - wall
     out["cores"] = out["cpu_s"] / out["wall_s"]
+    # this process: the streams' client and the webhook receiver (they share the 2 cores)
+    out["client_cpu_s"] = time.process_time() - client
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -401,8 +403,8 @@ def run(
     )
     print(
         f"    RSS per stream {(rss_many - rss_none) / n:6.1f} KiB;  RSS {n} / 0 streams = "
-        f"{rss_many / rss_none:.2f};  CPU per stream {idle_many['cores'] * 100 / n * 1000:.2f}"
-        f" m% of a core"
+        f"{rss_many / rss_none:.2f};  idle CPU per stream "
+        f"{(idle_many['cores'] - idle_none['cores']) * 1000 / n:.3f} ms a second"
     )
     print(
         f"    keep-alives per stream in {args.window:.0f} s: min {keepalives[0]}, median "
@@ -418,14 +420,16 @@ def run(
     print_webhooks(hooks_many)
     print(
         f"    API CPU {running_many['cpu_s']:.1f} s in {running_many['wall_s']:.1f} s "
-        f"({running_many['cores'] * 100:.0f} % of a core)"
+        f"({running_many['cores'] * 100:.0f} % of a core); the client's (this process) "
+        f"{running_many['client_cpu_s']:.1f} s"
     )
     print("  the same workload, 1 stream (baseline):")
     print(f"    commit → SSE      {fmt_ms(lat_one)}")
     print_webhooks(hooks_one)
     print(
         f"    API CPU {running_one['cpu_s']:.1f} s in {running_one['wall_s']:.1f} s "
-        f"({running_one['cores'] * 100:.0f} % of a core)"
+        f"({running_one['cores'] * 100:.0f} % of a core); the client's (this process) "
+        f"{running_one['client_cpu_s']:.1f} s"
     )
     if lat_many and lat_one:
         print(
