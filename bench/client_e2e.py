@@ -34,7 +34,8 @@ A small warm-up run first makes both sides pay their one-off start-up costs (wor
 first connections) outside the measured run.
 
     .venv/bin/python bench/client_e2e.py [--workload text|mixed|both] [--files 500]
-        [--copies 2] [--rounds 3] [--workers 2] [--concurrency 16]
+        [--copies 2] [--rounds 3] [--compare-poll]
+        [--workers 2] [--concurrency 16]
 
 Not a test; needs nothing but the repository's .venv (no Postgres, no Redis server).
 """
@@ -214,13 +215,19 @@ class EmbeddedStack:
         self.log.close()
 
 
-def pagelane_run(stack: EmbeddedStack, source: Path, out: Path, concurrency: int) -> tuple:
+def pagelane_run(
+    stack: EmbeddedStack, source: Path, out: Path, concurrency: int, *options: str
+) -> tuple:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAGELANE_")}
     env.update(PAGELANE_API_URL=stack.url, PAGELANE_API_KEY=stack.key)
     started = time.time()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
-        [*CLI, "run", str(source), "--out", str(out), "--concurrency", str(concurrency), "--json"],
+        [
+            *CLI,
+            *("run", str(source), "--out", str(out), "--concurrency", str(concurrency), "--json"),
+            *options,
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -282,14 +289,26 @@ def requests_of(stack: EmbeddedStack, batch_ids: list[str], since: int) -> tuple
 
 
 def measure(
-    stack: EmbeddedStack, root: Path, name: str, source: Path, concurrency: int, rounds: int
+    stack: EmbeddedStack,
+    root: Path,
+    name: str,
+    source: Path,
+    concurrency: int,
+    rounds: int,
+    compare_poll: bool,
 ) -> dict[str, Any]:
     """The server alone and `pagelane run`, ``rounds`` times each, alternately; the fastest of
-    each."""
+    each (and of `pagelane run --poll` with ``compare_poll``)."""
     alone: list[float] = []
     runs: list[tuple[Any, ...]] = []
+    polled: list[float] = []
     for attempt in range(rounds):
         alone.append(server_alone(stack, source))
+        if compare_poll:
+            started, finished, _ = pagelane_run(
+                stack, source, root / f"poll-{name}-{attempt}", concurrency, "--poll"
+            )
+            polled.append(finished - started)
         log_at = stack.log_path.stat().st_size
         started, finished, summary = pagelane_run(
             stack, source, root / f"out-{name}-{attempt}", concurrency
@@ -308,6 +327,7 @@ def measure(
         "batches": batches,
         "streams": streams,
         "polls": polls,
+        "polled": min(polled, default=None),
     }
 
 
@@ -346,6 +366,11 @@ def report(title: str, figures: dict[str, Any], goal: float) -> None:
     print(f"  ratio end-to-end / server alone = {end_to_end / server:.3f}  (goal ≤ {goal:.2f})")
     driven = last_completed - first_created
     print(f"  ratio end-to-end / processing (run) = {end_to_end / driven:.3f}")
+    if figures["polled"] is not None:
+        print(
+            f"  `pagelane run --poll` end to end {figures['polled']:.2f} s: ratio following the "
+            f"stream / polling = {end_to_end / figures['polled']:.3f}"
+        )
 
 
 def main() -> None:
@@ -354,6 +379,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=500, help="PDFs of the text workload")
     parser.add_argument("--copies", type=int, default=2, help="copies of the mixed set")
     parser.add_argument("--rounds", type=int, default=3, help="measurements of each, kept best")
+    parser.add_argument(
+        "--compare-poll", action="store_true", help="also time `pagelane run --poll` (polling)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--concurrency", type=int, default=16, help="client uploads at once")
     args = parser.parse_args()
@@ -375,7 +403,9 @@ def main() -> None:
         try:
             pagelane_run(stack, warmup, root / "warmup-out", args.concurrency)
             results = {
-                name: measure(stack, root, name, source, args.concurrency, args.rounds)
+                name: measure(
+                    stack, root, name, source, args.concurrency, args.rounds, args.compare_poll
+                )
                 for name, source in workloads.items()
             }
         finally:
