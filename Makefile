@@ -26,7 +26,7 @@ TEST_PACKAGES := chromium
 .PHONY: help install system-deps run test test-fast test-api test-console lint format typecheck check-imports \
 	check-unasync check-self-contained check bench \
 	bench-api bench-extract bench-fairness bench-throughput bench-client bench-sandbox \
-	bench-quotes bench-slices services clean
+	bench-quotes bench-slices bench-events services clean
 
 help: ## List every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -89,7 +89,7 @@ check-self-contained: ## tests/, bench/, .ci/ and this Makefile read nothing out
 check: lint typecheck check-imports check-unasync check-self-contained ## Everything CI checks before the tests (pre-commit runs it too)
 
 bench: bench-api bench-extract bench-fairness bench-throughput bench-client bench-sandbox \
-	bench-quotes bench-slices ## Every benchmark (prints ratios)
+	bench-quotes bench-slices bench-events ## Every benchmark (prints ratios)
 
 bench-api: install services ## API latency: 10,000-id submits, polling, bulk registration
 	$(BIN)/python -m bench.api
@@ -115,8 +115,11 @@ bench-fairness: install services ## Customer B's time-to-start behind A's 10,000
 bench-throughput: install services ## Pages/s through the whole system vs the bare engine; the sandbox's cost
 	$(BIN)/python -m bench.throughput
 
-bench-client: install ## `pagelane run` on 500 PDFs vs the server alone (embedded stack)
+bench-client: install ## `pagelane run` on 500 text PDFs and on a mixed folder vs the server alone (embedded stack)
 	$(BIN)/python bench/client_e2e.py
+
+bench-events: install services ## Commit → SSE / webhook latency; 500 open SSE streams on one API process
+	$(BIN)/python -m bench.events
 
 clean: ## Remove the virtualenv, caches and the embedded data dir
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pagelane *.egg-info

@@ -46,6 +46,7 @@ class Receiver:
         self.port = port
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.status = 200
+        self.headers: dict[str, str] = {}  # sent with every answer (a redirect's Location)
         self.stall_seconds = 0.0
         self.requests = 0
         self._server: ThreadingHTTPServer | None = None
@@ -59,15 +60,20 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 receiver.requests += 1
                 if receiver.stall_seconds:
                     time.sleep(receiver.stall_seconds)
                 if receiver.status < 300:
                     receiver.received.append((dict(self.headers.items()), body))
                 self.send_response(receiver.status)
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
                 self.send_header("content-length", "0")
                 self.end_headers()
+
+            # A followed 301/302/303 arrives as a GET: counted like a POST.
+            do_GET = do_POST
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -288,3 +294,85 @@ def test_sse_client_that_drops_every_7th_event_sees_exactly_the_uninterrupted_st
         report(events=len(whole), progress_events=sum(t == "item.progress" for _, t, _ in whole))
     finally:
         server.shutdown()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("code", [302, 307])
+def test_a_receiver_that_redirects_to_loopback_is_not_followed(
+    events_stack: Stack, code: int
+) -> None:
+    """SPEC: redirects are never followed. The redirect points at loopback (where a follow
+    would reach a private service); allow-private is on only so that the redirecting receiver
+    itself, also on loopback, can be registered. 307 keeps the POST and its body if followed,
+    302 turns into a GET: both count at the target."""
+    stack = events_stack
+    target = Receiver(free_port())
+    target.start()
+    redirector = Receiver(free_port())
+    redirector.status = code
+    redirector.headers = {"Location": target.url}
+    redirector.start()
+    alice = stack.tenant("alice")
+    endpoint = alice.post("/v1/webhook_endpoints", {"url": redirector.url}).get_json()
+    stack.worker(concurrency=1, queues="webhooks")
+    stack.beat()
+    try:
+        _submit(stack, alice)  # batch.created is enough: no extraction worker runs
+        wait_for(
+            lambda: redirector.requests >= 3 or target.requests,
+            60,
+            message="three attempts at the redirector",
+        )
+        assert target.requests == 0, "the redirect was followed"
+        deliveries = alice.get(f"/v1/webhook_endpoints/{endpoint['id']}/deliveries").get_json()
+        created = [d for d in deliveries["data"] if d["event_type"] == "batch.created"]
+        assert len(created) == 1
+        # a failed attempt, retried with backoff: never counted as delivered
+        assert created[0]["status"] == "pending"
+        assert created[0]["attempts"] >= 2
+        assert created[0]["response_code"] == code
+        assert created[0]["last_error"] == f"HTTP {code}"
+        assert created[0]["completed_at"] is None
+    finally:
+        redirector.stop()
+        target.stop()
+
+
+@pytest.mark.timeout(180)
+def test_sse_carries_page_progress_in_order_between_started_and_succeeded(
+    events_stack: Stack,
+) -> None:
+    """A 4-page scan takes a few seconds of OCR (about 2 s a page); the lease keeper publishes
+    pages_done every quarter lease (1.5 s with the stack's 6 s lease), and each change must
+    reach the stream as item.progress, in order, between the item's started and succeeded."""
+    stack = events_stack
+    base, server = _serve(stack.app)  # type: ignore[attr-defined]
+    alice = stack.tenant("alice")
+    try:
+        stack.worker(concurrency=1)
+        stack.beat()
+        (file_id,) = stack.upload_many(alice, [corpus_bytes("scan-four-orientations-4p.pdf")])
+        response = alice.submit([file_id])
+        assert response.status_code == 200, response.get_json()
+        batch_id = response.get_json()["id"]
+        frames: list[tuple[int, str, str]] = []
+        _read_events(base, alice.key, batch_id, None, frames)
+        with stack.ctx.session_factory() as session:
+            data = {
+                seq: event_data
+                for seq, event_data in session.execute(
+                    select(Event.seq, Event.data).where(Event.batch_id == batch_id)
+                )
+            }
+    finally:
+        server.shutdown()
+    types = [event_type for _, event_type, _ in frames]
+    assert types[0] == "batch.created" and types[-1] == "batch.completed"
+    item_types = types[1:-1]
+    assert item_types[0] == "item.started" and item_types[-1] == "item.succeeded"
+    assert set(item_types[1:-1]) == {"item.progress"}, item_types
+    assert len(item_types) - 2 >= 2, "at least two page-progress events"
+    progress = [data[seq]["pages_done"] for seq, t, _ in frames if t == "item.progress"]
+    assert progress == sorted(set(progress)) and progress[0] > 0 and progress[-1] <= 4
+    assert all(data[seq]["page_count"] == 4 for seq, t, _ in frames if t == "item.progress")
+    assert data[frames[-2][0]]["pages_done"] == 4
