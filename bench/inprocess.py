@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ocr
 from ocr.config import EngineConfig
 from ocr.pipeline import Probe
-from ocr.sandbox import OnPage, Sandbox
+from ocr.sandbox import OnPage, Sandbox, SandboxCrashError
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -120,6 +120,21 @@ class InProcessSandbox(Sandbox):
         timeout_s: float | None = None,
     ) -> tuple[int, int]:
         return ocr.quote_probe(data, options, config or EngineConfig())
+
+    def quote_many(
+        self,
+        documents: Sequence[bytes],
+        options: Mapping[str, Any] | None = None,
+        *,
+        config: EngineConfig | None = None,
+    ) -> list[tuple[int, int] | ocr.ExtractionError | SandboxCrashError]:
+        answers: list[tuple[int, int] | ocr.ExtractionError | SandboxCrashError] = []
+        for data in documents:
+            try:
+                answers.append(self.quote_bytes(data, options, config=config))
+            except ocr.ExtractionError as exc:
+                answers.append(exc)
+        return answers
 
 
 def _read(path: str | os.PathLike[str], config: EngineConfig | None) -> bytes:

@@ -24,12 +24,12 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pypdfium2 as pdfium
 
 import ocr
+from bench.sandbox import tree_cpu_s
 from bench.stack import CORPUS, bench_stack
 from service.quotes import CHUNK_FILES
 from service.settings import Settings
@@ -83,20 +83,11 @@ def floor(
     return Cost(seconds, sum(cpu for _, cpu in done))
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system time of ``pids`` so far (/proc/PID/stat fields 14 and 15)."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def quote_cost(tenant: Any, file_ids: list[str], worker: Proc) -> tuple[Cost, dict[str, Any]]:
-    """The quote's wall time (server timestamps) and CPU time: the worker (its consumer and
-    pool children, SQLite included) and the API's request (the bench process)."""
-    pids = [worker.pid, *worker.children()]
-    worker_cpu = _cpu_seconds(pids)
+    """The quote's wall time (server timestamps) and CPU time: the worker's whole process tree
+    (its consumer, pool children and their sandbox children, where the documents are opened;
+    SQLite included) and the API's request (the bench process)."""
+    worker_cpu = tree_cpu_s(worker.pid)
     api_cpu = time.process_time()
     quote = tenant.post("/v1/quotes", {"file_ids": file_ids}).get_json()
     api_cpu = time.process_time() - api_cpu
@@ -106,7 +97,8 @@ def quote_cost(tenant: Any, file_ids: list[str], worker: Proc) -> tuple[Cost, di
         return body if body["status"] == "completed" else None
 
     body = wait_for(done, 600, 0.05, "the quote")
-    cpu = _cpu_seconds(pids) - worker_cpu + api_cpu
+    # A process started meanwhile counts whole; one that exited would take its CPU with it.
+    cpu = sum(t - worker_cpu.get(pid, 0.0) for pid, t in tree_cpu_s(worker.pid).items()) + api_cpu
     created = datetime.fromisoformat(body["created_at"].replace("Z", "+00:00"))
     completed = datetime.fromisoformat(body["completed_at"].replace("Z", "+00:00"))
     return Cost((completed - created).total_seconds(), cpu), body

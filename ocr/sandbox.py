@@ -90,11 +90,11 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ocr import errors as engine_errors
 from ocr.config import EngineConfig
@@ -301,6 +301,58 @@ class Sandbox:
             reply = self._run(job, config, None, timeout_s, bytes(data))
         pages, ocr_pages = reply["result"]
         return int(pages), int(ocr_pages)
+
+    def quote_many(
+        self,
+        documents: Sequence[bytes],
+        options: Mapping[str, Any] | None = None,
+        *,
+        config: EngineConfig | None = None,
+    ) -> list[tuple[int, int] | ExtractionError | SandboxCrashError]:
+        """:meth:`quote_bytes` of each document, in order: its answer, or its engine error (a
+        crash of the engine on it: ``SandboxCrashError``).
+
+        Small documents go to the child together, up to ``INLINE_MAX_BYTES`` a job (one round
+        trip for a quote chunk's one-page PDFs instead of one each). A job that fails as a
+        whole (the child ran out of memory or time, or crashed) is redone one document at a
+        time, so that only the document that caused it gets the error."""
+        config = config or EngineConfig()
+        answers: list[tuple[int, int] | ExtractionError | SandboxCrashError] = []
+        group: list[bytes] = []
+
+        def quote_one(data: bytes) -> tuple[int, int] | ExtractionError | SandboxCrashError:
+            try:
+                return self.quote_bytes(data, options, config=config)
+            except (ExtractionError, SandboxCrashError) as exc:
+                return exc
+
+        def flush() -> None:
+            if not group:
+                return
+            job = {"op": "quote_many", "options": options, "sizes": [len(d) for d in group]}
+            try:
+                reply = self._run(dict(job), config, None, None, b"".join(group))
+            except (ExtractionError, SandboxCrashError):
+                answers.extend(quote_one(data) for data in group)
+            else:
+                answers.extend(
+                    (int(found[0]), int(found[1]))
+                    if isinstance(found, list)
+                    else cast(ExtractionError, _rebuild_error(found, self.limits.memory_mb))
+                    for found in reply["result"]
+                )
+            group.clear()
+
+        for data in documents:
+            if len(data) > INLINE_MAX_BYTES:
+                flush()
+                answers.append(quote_one(data))
+                continue
+            if sum(map(len, group)) + len(data) > INLINE_MAX_BYTES:
+                flush()
+            group.append(data)
+        flush()
+        return answers
 
     def pids(self) -> list[int]:
         """Process ids of the live children (for tests and diagnostics)."""
@@ -844,17 +896,7 @@ def _child_main() -> None:
             if _is_memory_error(exc):
                 _send_memory_error(send)
                 continue
-            msg: dict[str, Any] = {
-                "t": "error",
-                "kind": "extraction",
-                "class": type(exc).__name__,
-                "code": exc.code,
-                "message": exc.message,
-                "transient": exc.transient,
-            }
-            if isinstance(exc, ocr.UnsupportedLanguageError):
-                msg["languages"] = exc.languages
-            send(msg)
+            send({"t": "error", **_error_fields(exc)})
         except MemoryError:
             _send_memory_error(send)
         except (BrokenPipeError, EOFError):
@@ -870,6 +912,20 @@ def _child_main() -> None:
                 }
             )
             return
+
+
+def _error_fields(exc: ExtractionError) -> dict[str, Any]:
+    """An engine error as the parent rebuilds it (``_rebuild_error``)."""
+    fields: dict[str, Any] = {
+        "kind": "extraction",
+        "class": type(exc).__name__,
+        "code": exc.code,
+        "message": exc.message,
+        "transient": exc.transient,
+    }
+    if isinstance(exc, engine_errors.UnsupportedLanguageError):
+        fields["languages"] = exc.languages
+    return fields
 
 
 def _send_memory_error(send: Callable[[dict[str, Any]], None]) -> None:
@@ -905,6 +961,8 @@ def _child_job(
         return [found.kind, found.content_type, found.page_count]
     if job["op"] == "quote":
         return list(ocr.quote_probe(data, job.get("options"), config))
+    if job["op"] == "quote_many":
+        return _quote_many(data, [int(n) for n in job["sizes"]], job.get("options"), config)
 
     # Progress goes out at most every PROGRESS_INTERVAL_S (the parent replays every page in
     # order from it, and from the final reply): a message per page would cost every short
@@ -928,6 +986,27 @@ def _child_job(
         pages=tuple(job["pages"]) if job.get("pages") else None,
     )
     return result
+
+
+def _quote_many(
+    joined: bytes, sizes: list[int], options: Mapping[str, Any] | None, config: EngineConfig
+) -> list[Any]:
+    """Each document's ``[page_count, ocr_pages]``, or its engine error's fields. A memory
+    error ends the whole job (the parent then quotes each document on its own)."""
+    import ocr
+
+    answers: list[Any] = []
+    offset = 0
+    for size in sizes:
+        data = joined[offset : offset + size]
+        offset += size
+        try:
+            answers.append(list(ocr.quote_probe(data, options, config)))
+        except ocr.ExtractionError as exc:
+            if _is_memory_error(exc):
+                raise
+            answers.append(_error_fields(exc))
+    return answers
 
 
 #: one page, "warm", Helvetica: what _warm_up extracts once so pdfium and the text path are hot

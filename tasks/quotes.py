@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, select
 
 import ocr
+from ocr.sandbox import INLINE_MAX_BYTES, SandboxCrashError
 from service import quotes
 from service.db import transaction
 from service.extraction import ocr_config
@@ -37,10 +39,7 @@ def run_quote_chunk(ctx: TaskContext, quote_id: str, start: int, end: int) -> in
             _FILES_TO_ANSWER, {"p_quote_id": quote_id, "p_start": start, "p_end": end}
         ).all()
     config = ocr_config(ctx.settings)
-    answers = [
-        _answer(ctx, row.position, row.blob_key, row.sha256_declared, row.options, config)
-        for row in rows
-    ]
+    answers = _answer_rows(ctx, list(rows), config)
     if answers:
         with transaction(ctx.session_factory) as session:
             quotes.record_answers(session, quote_id, answers)
@@ -60,37 +59,57 @@ _FILES_TO_ANSWER = (
 )
 
 
-def _answer(
-    ctx: TaskContext,
-    position: int,
-    blob_key: str | None,
-    sha256_declared: str | None,
-    options: dict,
-    config: ocr.EngineConfig,
-) -> quotes.FileAnswer:
-    def failed(code: str) -> quotes.FileAnswer:
-        return quotes.FileAnswer(position, None, None, code)
+def _answer_rows(
+    ctx: TaskContext, rows: list[Any], config: ocr.EngineConfig
+) -> list[quotes.FileAnswer]:
+    """Each row's answer. Documents are judged in the worker's capped sandbox child, like an
+    extraction (a hostile document costs that child only); small ones go together, up to
+    ``INLINE_MAX_BYTES`` a round trip, so that at most that much waits in this process's
+    memory beside the one document being fetched."""
+    answers: list[quotes.FileAnswer] = []
+    waiting: list[tuple[int, bytes]] = []  # (position, bytes) fetched, not yet judged
+    options = rows[0].options if rows else None
 
+    def judge_waiting() -> None:
+        judged = ctx.sandbox.quote_many([data for _, data in waiting], options, config=config)
+        for (position, _), found in zip(waiting, judged, strict=True):
+            if isinstance(found, ocr.errors.ExtractionError):
+                answers.append(quotes.FileAnswer(position, None, None, found.code))
+            elif isinstance(found, SandboxCrashError):  # what the item task ends it with
+                log.error("quote probe crashed: %s", found)
+                answers.append(quotes.FileAnswer(position, None, None, "internal_error"))
+            else:
+                answers.append(quotes.FileAnswer(position, found[0], found[1], None))
+        waiting.clear()
+
+    for row in rows:
+        fetched = _fetch(ctx, row.blob_key, row.sha256_declared)
+        if isinstance(fetched, str):
+            answers.append(quotes.FileAnswer(row.position, None, None, fetched))
+            continue
+        if sum(len(data) for _, data in waiting) + len(fetched) > INLINE_MAX_BYTES:
+            judge_waiting()
+        waiting.append((row.position, fetched))
+    if waiting:
+        judge_waiting()
+    return answers
+
+
+def _fetch(ctx: TaskContext, blob_key: str | None, sha256_declared: str | None) -> bytes | str:
+    """The document's bytes, or the error code the item task would end it with before
+    extracting (missing, too large, not the bytes the client declared)."""
     store = ctx.blob_store
     if store is None or blob_key is None:
-        return failed("upload_missing")
+        return "upload_missing"
     try:
         data = store.get(blob_key, max_bytes=ctx.settings.max_file_bytes)
     except BlobNotFoundError:
-        return failed("upload_missing")
+        return "upload_missing"
     except BlobTooLargeError:
-        return failed("document_too_large")
+        return "document_too_large"
     if sha256_declared and hashlib.sha256(data).hexdigest() != sha256_declared:
-        return failed("extraction_failed")
-    try:
-        # In the capped child, like an extraction: a hostile document costs that child only.
-        pages, ocr_pages = ctx.sandbox.quote_bytes(data, options, config=config)
-    except ocr.errors.ExtractionError as exc:
-        return failed(exc.code)
-    except Exception:
-        log.exception("quote probe crashed")
-        return failed("internal_error")
-    return quotes.FileAnswer(position, pages, ocr_pages, None)
+        return "extraction_failed"
+    return data
 
 
 def prune_quotes(ctx: TaskContext, now: datetime) -> dict[str, int]:

@@ -160,6 +160,45 @@ def test_a_quote_of_a_flate_bomb_bypass_ends_as_extraction_failed_in_the_child(
     assert sandbox.quote_bytes(data, {"ocr": "auto"}) == ocr.quote_probe(data, {"ocr": "auto"})
 
 
+def test_quote_many_answers_each_document_in_order_with_one_bomb_among_them(
+    bombs: dict[str, Path], sandbox: Sandbox, corpus_dir: Path
+) -> None:
+    """A quote chunk's documents go to the child together; the bomb kills that job, and the
+    redo one by one gives the error to the bomb alone, every other document its answer."""
+    names = [
+        "digital-crazyones-1p.pdf",
+        "encrypted-password-test-4p.pdf",
+        "mixed-generated-scan-and-digital-pages-6p.pdf",
+    ]
+    documents = [(corpus_dir / n).read_bytes() for n in names]
+    documents.insert(2, bombs[BYPASSES[1]].read_bytes())
+    pids_before = sandbox.pids()
+    answers = sandbox.quote_many(documents, {"ocr": "auto"})
+    assert answers[0] == ocr.quote_probe(documents[0], {"ocr": "auto"})
+    assert isinstance(answers[1], ocr.EncryptedDocumentError)
+    assert isinstance(answers[2], ocr.ResourceLimitError)
+    assert answers[2].code == "extraction_failed"
+    assert answers[3] == ocr.quote_probe(documents[3], {"ocr": "auto"})
+    assert sandbox.pids() != pids_before, "the bomb's child was replaced"
+
+
+def test_quote_many_sends_small_documents_in_one_job(
+    sandbox: Sandbox, corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs: list[str] = []
+    run = sandbox._run
+
+    def counting_run(job: dict[str, Any], *args: Any) -> Any:
+        jobs.append(job["op"])
+        return run(job, *args)
+
+    monkeypatch.setattr(sandbox, "_run", counting_run)
+    data = (corpus_dir / "digital-crazyones-1p.pdf").read_bytes()
+    answers = sandbox.quote_many([data] * 25)
+    assert answers == [ocr.quote_probe(data)] * 25
+    assert jobs == ["quote_many"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bypass", BYPASSES[:1])
 def test_flate_bomb_bypass_inflates_in_process(bypass: str, bombs: dict[str, Path]) -> None:
