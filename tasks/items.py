@@ -14,7 +14,6 @@ it back to pending (or fails it with ``internal_error`` at the attempt cap).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -23,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, bindparam, exists, func, select, update
@@ -38,6 +38,7 @@ from service.models import Batch, Customer, File, Item, ItemStatus, Slice
 from service.storage import BlobNotFoundError, BlobTooLargeError, result_key
 from tasks import slices
 from tasks.context import TaskContext
+from tasks.inputs import private_input_path
 from tasks.lease import LeaseLostError, fenced
 
 if TYPE_CHECKING:
@@ -243,19 +244,29 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
     assert store is not None
     if claim.sliced:  # slices: see tasks/slices.py
         return Outcome(slices.resume_sliced(ctx, claim))
-    # One GET that refuses an oversized object from its length before reading the body: the
-    # HEAD-then-GET of the design, in one round trip.
-    try:
-        data = store.get(claim.blob_key, max_bytes=settings.max_file_bytes)
-    except BlobNotFoundError:
-        return _fail(ctx, claim, Failure("upload_missing", "the input is no longer stored"))
-    except BlobTooLargeError:
-        return _fail(
-            ctx,
-            claim,
-            Failure("document_too_large", f"the document exceeds {settings.max_file_bytes} bytes"),
-        )
-    digest = hashlib.sha256(data).hexdigest()
+    with private_input_path() as path:
+        # One GET that refuses an oversized object from its length before reading the body
+        # (the HEAD-then-GET of the design in one round trip), streamed to disk and hashed.
+        try:
+            digest = store.download_to(claim.blob_key, path, max_bytes=settings.max_file_bytes)
+        except BlobNotFoundError:
+            return _fail(ctx, claim, Failure("upload_missing", "the input is no longer stored"))
+        except BlobTooLargeError:
+            return _fail(
+                ctx,
+                claim,
+                Failure(
+                    "document_too_large", f"the document exceeds {settings.max_file_bytes} bytes"
+                ),
+            )
+        return _work_on_input(ctx, claim, path, digest)
+
+
+def _work_on_input(ctx: TaskContext, claim: Claim, path: Path, digest: str) -> Outcome:
+    """Check the input's digest, probe and reserve, slice or extract the input at ``path``."""
+    settings = ctx.settings
+    store = ctx.blob_store
+    assert store is not None
     if claim.sha256_declared and claim.sha256_declared != digest:
         return _fail(
             ctx,
@@ -279,9 +290,9 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
     # Only a quota, or a document large enough to be sliced, needs the page count before
     # extraction. The probe opens the document a second time (0.4 ms of a one-page item's
     # 4 ms), and extraction raises the same errors.
-    if claim.metered or slices.worth_probing(settings, len(data)):
+    if claim.metered or slices.worth_probing(settings, path.stat().st_size):
         try:
-            pages = ctx.sandbox.probe_bytes(data, config=config).page_count
+            pages = ctx.sandbox.probe(path, config=config).page_count
         except ocr.errors.ExtractionError as exc:
             return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient))
     if claim.metered:
@@ -301,8 +312,8 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
         with ctx.lease_keeper.keeping(claim) as heartbeat:
             # In the capped child: whatever the document does, this process and its other
             # items survive (a bomb ends as extraction_failed, see ocr/sandbox.py).
-            result = ctx.sandbox.extract_bytes(
-                data,
+            result = ctx.sandbox.extract(
+                path,
                 claim.options,
                 filename=claim.filename,
                 config=config,
@@ -320,6 +331,9 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
     finally:
         metrics.observe_extraction(time.perf_counter() - started)
 
+    # The sandbox hands the result over in memory anyway, and an unsliced one is at most
+    # PAGELANE_SLICE_PAGES pages (longer documents are sliced and assembled on disk, see
+    # tasks/slices.py), so it is uploaded from memory.
     key = result_key(claim.customer_id, claim.batch_id, claim.item_id)
     store.put(
         key, json.dumps(result, separators=(",", ":")).encode(), content_type="application/json"

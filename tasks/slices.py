@@ -24,16 +24,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -59,6 +58,7 @@ from service.settings import Settings
 from service.slices import SLICE_PREFIX
 from service.storage import BlobNotFoundError, result_key
 from tasks.context import TaskContext
+from tasks.inputs import private_input_path
 from tasks.lease import Heartbeat, LeaseLostError
 
 log = logging.getLogger("pagelane.slices")
@@ -246,6 +246,8 @@ class SliceClaim:
     filename: str | None
     options: dict[str, Any]
     ocr_failures: int
+    # The input's digest, recorded by the item's first task before it sliced the item.
+    sha256_recorded: str | None
     handoff: _Handoff = field(default_factory=_Handoff)
 
 
@@ -290,6 +292,7 @@ _CLAIM_READ = (
         Customer.concurrency,
         File.blob_key,
         File.filename,
+        File.sha256,
         Batch.options,
     )
     .join(Item, Item.id == Slice.item_id)
@@ -378,6 +381,7 @@ def claim_slice(ctx: TaskContext, slice_id: str) -> SliceClaim | None:
         filename=row.filename,
         options=dict(row.options),
         ocr_failures=row.ocr_failures,
+        sha256_recorded=row.sha256,
     )
     if exhausted:
         failure = _Failure(
@@ -394,35 +398,33 @@ def claim_slice(ctx: TaskContext, slice_id: str) -> SliceClaim | None:
     return claim
 
 
-@contextlib.contextmanager
-def _input_file(ctx: TaskContext, key: str) -> Iterator[Path]:
-    """The input streamed from the store into a private temporary file (never in memory)."""
-    store = ctx.blob_store
-    assert store is not None
-    with tempfile.TemporaryDirectory(prefix="pagelane-slice-") as tmp:
-        path = Path(tmp) / "input"
-        store.download_to(key, path)
-        yield path
-
-
 def _work(ctx: TaskContext, claim: SliceClaim) -> str:
     store = ctx.blob_store
     assert store is not None
     started = time.perf_counter()
     try:
-        with (
-            _input_file(ctx, claim.blob_key) as path,
-            ctx.lease_keeper.keeping(claim, kind=SliceHeartbeat) as heartbeat,
-        ):
-            result = ctx.sandbox.extract(
-                path,
-                claim.options,
-                filename=claim.filename,
-                file_id=claim.file_id,
-                config=ocr_config(ctx.settings),
-                on_page=heartbeat.on_page,
-                pages=(claim.first_page, claim.last_page),
-            )
+        with private_input_path() as path:
+            digest = store.download_to(claim.blob_key, path)
+            # The item's first task recorded the input's digest before slicing; every slice
+            # must read the same bytes (issue 13), or the pages would come from two documents.
+            if digest != claim.sha256_recorded:
+                log.warning(
+                    "input changed after upload",
+                    extra={"file_id": claim.file_id, "recorded": claim.sha256_recorded},
+                )
+                return _fail(
+                    ctx, claim, _Failure("extraction_failed", "the input changed after upload")
+                )
+            with ctx.lease_keeper.keeping(claim, kind=SliceHeartbeat) as heartbeat:
+                result = ctx.sandbox.extract(
+                    path,
+                    claim.options,
+                    filename=claim.filename,
+                    file_id=claim.file_id,
+                    config=ocr_config(ctx.settings),
+                    on_page=heartbeat.on_page,
+                    pages=(claim.first_page, claim.last_page),
+                )
     except BlobNotFoundError:
         return _fail(ctx, claim, _Failure("upload_missing", "the input is no longer stored"))
     except LeaseLostError:
@@ -436,6 +438,7 @@ def _work(ctx: TaskContext, claim: SliceClaim) -> str:
         metrics.observe_extraction(time.perf_counter() - started)
     key = partial_key(claim.customer_id, claim.batch_id, claim.item_id, claim.index)
     pages = int(result["page_count"])
+    # A partial is one slice's pages (bounded by PAGELANE_SLICE_PAGES), in memory already.
     body = json.dumps(result, separators=(",", ":")).encode()
     del result
     store.put(key, body, content_type="application/json")
@@ -515,8 +518,9 @@ def _finish(ctx: TaskContext, claim: SliceClaim, key: str, pages: int) -> str:
 
 
 def _assemble(ctx: TaskContext, item_id: str, token: str, handoff: _HandoffLike, cap: int) -> str:
-    """Write the item's result from its slices' partials in page order, one partial in memory
-    at a time, into a file; store it; then succeed and bill the item (fenced by ``token``)."""
+    """Write the item's result from its slices' partials into a temporary file as it is
+    assembled (:func:`write_assembled`), upload that file, then succeed and bill the item
+    (fenced by ``token``, the item's lease, renewed while the partials are read)."""
     store = ctx.blob_store
     assert store is not None
     with ctx.session_factory() as session:
@@ -525,54 +529,76 @@ def _assemble(ctx: TaskContext, item_id: str, token: str, handoff: _HandoffLike,
                 Item.id == item_id
             )
         ).one()
-        parts = session.execute(
-            select(Slice.result_key).where(Slice.item_id == item_id).order_by(Slice.index)
-        ).all()
+        part_keys = list(
+            session.scalars(
+                select(Slice.result_key).where(Slice.item_id == item_id).order_by(Slice.index)
+            )
+        )
     key = result_key(item.customer_id, item.batch_id, item_id)
     page_count = int(item.page_count or 0)
     renew_every = max(0.5, ctx.settings.lease_seconds / 4)
-    renewed = time.monotonic()
-    warnings = Warnings()
-    fd, tmp = tempfile.mkstemp(prefix="pagelane-result-", suffix=".json")
+
+    def partials() -> Iterator[dict[str, Any]]:
+        renewed = time.monotonic()
+        for part_key in part_keys:
+            if time.monotonic() - renewed >= renew_every:
+                if not _renew_item_lease(ctx, item_id, token):
+                    raise LeaseLostError(item_id)
+                renewed = time.monotonic()
+            assert part_key is not None  # every succeeded slice has its partial
+            yield json.loads(store.get(part_key))
+
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            first = True
-            for index, (part_key,) in enumerate(parts):
-                if time.monotonic() - renewed >= renew_every:
-                    if not _renew_item_lease(ctx, item_id, token):
-                        return LEASE_LOST
-                    renewed = time.monotonic()
-                assert part_key is not None  # every succeeded slice has its partial
-                part = json.loads(store.get(part_key))
-                if index == 0:
-                    # The same fields in the same order as ocr.result.envelope writes them.
-                    head = {
-                        "object": part["object"],
-                        "page_count": page_count,
-                        "pages_billed": page_count,
-                        "file": part["file"],
-                    }
-                    out.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"chunks":[')
-                for chunk in part["chunks"]:
-                    if not first:
-                        out.write(",")
-                    out.write(json.dumps(chunk, separators=(",", ":")))
-                    first = False
-                for warning in part["warnings"]:
-                    warnings.add(warning)
-                del part
-            out.write('],"warnings":' + json.dumps(warnings.as_list(), separators=(",", ":")))
-            out.write("}")
-        # The store's put takes bytes: the assembled JSON text is read back once to upload.
-        store.put(key, Path(tmp).read_bytes(), content_type="application/json")
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", prefix="pagelane-result-", suffix=".json"
+        ) as out:
+            write_assembled(out, page_count, partials())
+            out.flush()
+            store.put_file(key, Path(out.name), content_type="application/json")
+    except LeaseLostError:
+        return LEASE_LOST
     outcome = _succeed_item(ctx, item_id, item, token, key, page_count, handoff, cap)
     if outcome == SUCCEEDED:
         with contextlib.suppress(Exception):
-            store.delete_many([k for (k,) in parts if k])
+            store.delete_many([k for k in part_keys if k])
     return outcome
+
+
+def write_assembled(out: IO[str], page_count: int, partials: Iterable[Mapping[str, Any]]) -> None:
+    """Write one Extract result to ``out`` from the partial results of a document's slices,
+    given in page order: the first partial's envelope with the whole document's page count,
+    every chunk of every partial in order, the partials' warnings merged under the cap of one
+    extraction. Chunks are written as they are read, so only the partial being copied is in
+    memory; the text is what ``json.dumps`` of the whole result (as an unsliced item's) gives.
+    """
+    warnings = Warnings()
+    first_chunk = True
+    wrote_head = False
+    for part in partials:
+        if not wrote_head:
+            # The same fields in the same order as ocr.result.envelope writes them.
+            head = {
+                "object": part["object"],
+                "page_count": page_count,
+                "pages_billed": page_count,
+                "file": part["file"],
+            }
+            out.write(_compact(head)[:-1] + ',"chunks":[')
+            wrote_head = True
+        for chunk in part["chunks"]:
+            if not first_chunk:
+                out.write(",")
+            out.write(_compact(chunk))
+            first_chunk = False
+        for warning in part["warnings"]:
+            warnings.add(warning)
+    if not wrote_head:
+        raise ValueError("a result is assembled from at least one partial")
+    out.write('],"warnings":' + _compact(warnings.as_list()) + "}")
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _renew_item_lease(ctx: TaskContext, item_id: str, token: str) -> bool:
