@@ -38,8 +38,8 @@ from service.models import Batch, Customer, File, Item, ItemStatus, Slice
 from service.storage import BlobNotFoundError, BlobTooLargeError, result_key
 from tasks import slices
 from tasks.context import TaskContext
-from tasks.inputs import private_input_path
 from tasks.lease import LeaseLostError, fenced
+from tasks.scratch import scratch_dir
 
 if TYPE_CHECKING:
     # A row of a Core statement (the claim's read, a batch after a move): a variadic generic.
@@ -244,7 +244,8 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
     assert store is not None
     if claim.sliced:  # slices: see tasks/slices.py
         return Outcome(slices.resume_sliced(ctx, claim))
-    with private_input_path() as path:
+    with scratch_dir() as scratch:
+        path = scratch / "input"
         # One GET that refuses an oversized object from its length before reading the body
         # (the HEAD-then-GET of the design in one round trip), streamed to disk and hashed.
         try:

@@ -26,12 +26,10 @@ import json
 import logging
 import random
 import secrets
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import IO, Any, Protocol
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -58,8 +56,8 @@ from service.settings import Settings
 from service.slices import SLICE_PREFIX
 from service.storage import BlobNotFoundError, result_key
 from tasks.context import TaskContext
-from tasks.inputs import private_input_path
 from tasks.lease import Heartbeat, LeaseLostError
+from tasks.scratch import scratch_dir
 
 log = logging.getLogger("pagelane.slices")
 
@@ -403,7 +401,8 @@ def _work(ctx: TaskContext, claim: SliceClaim) -> str:
     assert store is not None
     started = time.perf_counter()
     try:
-        with private_input_path() as path:
+        with scratch_dir() as scratch:
+            path = scratch / "input"
             digest = store.download_to(claim.blob_key, path)
             # The item's first task recorded the input's digest before slicing; every slice
             # must read the same bytes (issue 13), or the pages would come from two documents.
@@ -549,12 +548,11 @@ def _assemble(ctx: TaskContext, item_id: str, token: str, handoff: _HandoffLike,
             yield json.loads(store.get(part_key))
 
     try:
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", prefix="pagelane-result-", suffix=".json"
-        ) as out:
-            write_assembled(out, page_count, partials())
-            out.flush()
-            store.put_file(key, Path(out.name), content_type="application/json")
+        with scratch_dir() as scratch:
+            assembled = scratch / "result.json"
+            with open(assembled, "w", encoding="utf-8") as out:
+                write_assembled(out, page_count, partials())
+            store.put_file(key, assembled, content_type="application/json")
     except LeaseLostError:
         return LEASE_LOST
     outcome = _succeed_item(ctx, item_id, item, token, key, page_count, handoff, cap)
