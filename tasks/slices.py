@@ -536,6 +536,7 @@ def _assemble(ctx: TaskContext, item_id: str, token: str, handoff: _HandoffLike,
     key = result_key(item.customer_id, item.batch_id, item_id)
     page_count = int(item.page_count or 0)
     renew_every = max(0.5, ctx.settings.lease_seconds / 4)
+    started = time.perf_counter()
 
     def partials() -> Iterator[dict[str, Any]]:
         renewed = time.monotonic()
@@ -557,6 +558,14 @@ def _assemble(ctx: TaskContext, item_id: str, token: str, handoff: _HandoffLike,
         return LEASE_LOST
     outcome = _succeed_item(ctx, item_id, item, token, key, page_count, handoff, cap)
     if outcome == SUCCEEDED:
+        # The assembly's cost is what slicing adds after the last page (bench/slices.py).
+        log.info(
+            "item %s: assembled from %d slices, %d pages, in %.1f ms",
+            item_id,
+            len(part_keys),
+            page_count,
+            (time.perf_counter() - started) * 1000,
+        )
         with contextlib.suppress(Exception):
             store.delete_many([k for k in part_keys if k])
     return outcome
@@ -673,7 +682,6 @@ def _succeed_item(
     except lifecycle.ItemNotMovedError:
         return LEASE_LOST
     metrics.item_finished("succeeded")
-    log.info("item %s: assembled from its slices, %d pages", item_id, page_count)
     return SUCCEEDED
 
 
