@@ -19,7 +19,7 @@
 Every figure is printed with the load average (other processes on the machine share its cores).
 
     PYTHONPATH=. python -m bench.slices [--pages 200] [--long-pages 1000] [--kills 5]
-        [--slice-pages 32] [--sizes 16,32,64] [--dpi 100] [--skip speed,rss,kill]
+        [--slice-pages 32] [--sizes 32,16,64] [--dpi 100] [--skip speed,rss,kill]
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def busy_pool_processes(worker: Proc) -> list[int]:
     pool = worker.children()
     before = {pid: _subtree_cpu_ticks(pid) for pid in pool}
     time.sleep(0.5)
-    return [pid for pid in pool if _subtree_cpu_ticks(pid) - before[pid] >= 10]
+    return [pid for pid in pool if _subtree_cpu_ticks(pid) - before[pid] >= 3]
 
 
 def kill_runs(
@@ -298,7 +298,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=5)
     default_slice = Settings.model_fields["slice_pages"].default
     parser.add_argument("--slice-pages", type=int, default=default_slice)
-    parser.add_argument("--sizes", default="16,32,64", help="slice sizes the speed run compares")
+    parser.add_argument("--sizes", default="32,16,64", help="slice sizes the speed run compares")
     parser.add_argument("--dpi", type=int, default=100)
     parser.add_argument("--skip", default="", help="comma list of: speed,rss,kill")
     args = parser.parse_args()
