@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from sqlalchemy.orm import Session
 
 import ocr
 from service import lifecycle, logs, metrics
-from service.billing import release_pages, reserve_pages, settle_pages
+from service.billing import release_pages, reserve_pages
 from service.clock import utcnow
 from service.db import transaction
 from service.extraction import ocr_config
@@ -38,6 +37,7 @@ from service.models import Batch, Customer, File, Item, ItemStatus, Slice
 from service.storage import BlobNotFoundError, BlobTooLargeError, result_key
 from tasks import slices
 from tasks.context import TaskContext
+from tasks.finish import Failure, Success, retry_delay, succeed_item
 from tasks.lease import LeaseLostError, fenced
 from tasks.scratch import scratch_dir
 
@@ -103,13 +103,6 @@ class Claim:
     handoff: Handoff = field(default_factory=Handoff)
     # The item already has page slices (claimed again after its assembler was lost).
     sliced: bool = False
-
-
-@dataclass(frozen=True)
-class Failure:
-    code: str
-    message: str
-    transient: bool = False
 
 
 def process_item(ctx: TaskContext, item_id: str) -> Outcome:
@@ -429,52 +422,23 @@ def _succeed(
     reserved: int,
     digest: str,
 ) -> Outcome:
-    now = utcnow()
-    try:
-        with transaction(ctx.session_factory) as session:
-            lifecycle.move_item(
-                session,
-                batch_id=claim.batch_id,
-                item_id=claim.item_id,
-                from_status=ItemStatus.RUNNING,
-                to_status=ItemStatus.SUCCEEDED,
-                now=now,
-                **fenced(claim),
-                pages_billed=pages,
-                page_count=page_count,
-                pages_done=page_count,
-                pages_reserved=0,
-                completed_at=now,
-                lease_token=None,
-                lease_expires_at=None,
-                admitted_at=None,
-                result_key=key,
-                result_expires_at=now + timedelta(hours=ctx.settings.retention_hours),
-                error_code=None,
-                error_message=None,
-            )
-            if not settle_pages(
-                session,
-                billing_id=claim.item_id,
-                customer_id=claim.customer_id,
-                batch_id=claim.batch_id,
-                reserved=reserved,
-                pages=pages,
-                now=now,
-            ):
-                # Billed before (impossible while the lease fences the finish, kept exact
-                # anyway): the batch's pages_billed stays the sum of its billing rows.
-                session.connection().execute(
-                    update(Batch)
-                    .where(Batch.id == claim.batch_id)
-                    .values(pages_billed=Batch.pages_billed - pages)
-                    .execution_options(synchronize_session=False)
-                )
-            admitted = ctx.dispatcher.mark_admitted(session, claim.customer_id, cap=claim.cap)
-    except lifecycle.ItemNotMovedError:
+    admitted = succeed_item(
+        ctx,
+        Success(
+            batch_id=claim.batch_id,
+            item_id=claim.item_id,
+            customer_id=claim.customer_id,
+            lease_token=claim.lease_token,
+            cap=claim.cap,
+            result_key=key,
+            page_count=page_count,
+            pages_billed=pages,
+            reserved=reserved,
+        ),
+    )
+    if admitted is None:
         return Outcome.LEASE_LOST
     claim.handoff.admitted = admitted
-    metrics.item_finished("succeeded")
     return Outcome.SUCCEEDED
 
 
@@ -494,8 +458,7 @@ def _fail(ctx: TaskContext, claim: Claim, failure: Failure, reserved: int = 0) -
             if retry:
                 # Back to waiting with the slot given up; the dispatcher re-admits it once
                 # retry_at passes. Exponential backoff with full jitter.
-                delay = settings.ocr_retry_backoff_seconds * (2**claim.ocr_failures)
-                delay = delay / 2 + random.uniform(0, delay / 2)
+                delay = retry_delay(settings, claim.ocr_failures)
                 lifecycle.move_item(
                     session,
                     batch_id=claim.batch_id,
