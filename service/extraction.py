@@ -11,6 +11,7 @@ def ocr_config(settings: Settings) -> ocr.EngineConfig:
     return ocr.EngineConfig(
         max_pages=settings.max_pages,
         provider=settings.ocr_provider,
+        tesseract_backend=settings.tesseract_backend,
         http_url=settings.ocr_http_url or None,
         http_model=settings.ocr_http_model or None,
         http_timeout_s=settings.ocr_http_timeout_seconds,

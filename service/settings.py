@@ -125,6 +125,14 @@ class Settings(BaseSettings):
     ocr_provider: Literal["tesseract", "http", "null"] = Field(
         "tesseract", description="OCR engine."
     )
+    tesseract_backend: Literal["auto", "library", "subprocess"] = Field(
+        "auto",
+        description=(
+            "How Tesseract is called: `library` (tesserocr, in the sandbox child: no process"
+            " start or model load per page), `subprocess` (the `tesseract` command through"
+            " pytesseract), `auto` = library when tesserocr is installed."
+        ),
+    )
     ocr_http_url: str = Field("", description="OpenAI-compatible endpoint for the `http` provider.")
     ocr_http_model: str = Field("", description="Model name for the `http` provider.")
     ocr_http_timeout_seconds: float = Field(60.0, gt=0, description="Per-request timeout (`http`).")

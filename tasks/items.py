@@ -14,15 +14,14 @@ it back to pending (or fails it with ``internal_error`` at the attempt cap).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import random
 import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, bindparam, exists, func, select, update
@@ -30,7 +29,7 @@ from sqlalchemy.orm import Session
 
 import ocr
 from service import lifecycle, logs, metrics
-from service.billing import release_pages, reserve_pages, settle_pages
+from service.billing import release_pages, reserve_pages
 from service.clock import utcnow
 from service.db import transaction
 from service.extraction import ocr_config
@@ -38,7 +37,9 @@ from service.models import Batch, Customer, File, Item, ItemStatus, Slice
 from service.storage import BlobNotFoundError, BlobTooLargeError, result_key
 from tasks import slices
 from tasks.context import TaskContext
+from tasks.finish import Failure, Success, retry_delay, succeed_item
 from tasks.lease import LeaseLostError, fenced
+from tasks.scratch import scratch_dir
 
 if TYPE_CHECKING:
     # A row of a Core statement (the claim's read, a batch after a move): a variadic generic.
@@ -102,13 +103,6 @@ class Claim:
     handoff: Handoff = field(default_factory=Handoff)
     # The item already has page slices (claimed again after its assembler was lost).
     sliced: bool = False
-
-
-@dataclass(frozen=True)
-class Failure:
-    code: str
-    message: str
-    transient: bool = False
 
 
 def process_item(ctx: TaskContext, item_id: str) -> Outcome:
@@ -243,19 +237,30 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
     assert store is not None
     if claim.sliced:  # slices: see tasks/slices.py
         return Outcome(slices.resume_sliced(ctx, claim))
-    # One GET that refuses an oversized object from its length before reading the body: the
-    # HEAD-then-GET of the design, in one round trip.
-    try:
-        data = store.get(claim.blob_key, max_bytes=settings.max_file_bytes)
-    except BlobNotFoundError:
-        return _fail(ctx, claim, Failure("upload_missing", "the input is no longer stored"))
-    except BlobTooLargeError:
-        return _fail(
-            ctx,
-            claim,
-            Failure("document_too_large", f"the document exceeds {settings.max_file_bytes} bytes"),
-        )
-    digest = hashlib.sha256(data).hexdigest()
+    with scratch_dir() as scratch:
+        path = scratch / "input"
+        # One GET that refuses an oversized object from its length before reading the body
+        # (the HEAD-then-GET of the design in one round trip), streamed to disk and hashed.
+        try:
+            digest = store.download_to(claim.blob_key, path, max_bytes=settings.max_file_bytes)
+        except BlobNotFoundError:
+            return _fail(ctx, claim, Failure("upload_missing", "the input is no longer stored"))
+        except BlobTooLargeError:
+            return _fail(
+                ctx,
+                claim,
+                Failure(
+                    "document_too_large", f"the document exceeds {settings.max_file_bytes} bytes"
+                ),
+            )
+        return _work_on_input(ctx, claim, path, digest)
+
+
+def _work_on_input(ctx: TaskContext, claim: Claim, path: Path, digest: str) -> Outcome:
+    """Check the input's digest, probe and reserve, slice or extract the input at ``path``."""
+    settings = ctx.settings
+    store = ctx.blob_store
+    assert store is not None
     if claim.sha256_declared and claim.sha256_declared != digest:
         return _fail(
             ctx,
@@ -279,9 +284,9 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
     # Only a quota, or a document large enough to be sliced, needs the page count before
     # extraction. The probe opens the document a second time (0.4 ms of a one-page item's
     # 4 ms), and extraction raises the same errors.
-    if claim.metered or slices.worth_probing(settings, len(data)):
+    if claim.metered or slices.worth_probing(settings, path.stat().st_size):
         try:
-            pages = ctx.sandbox.probe_bytes(data, config=config).page_count
+            pages = ctx.sandbox.probe(path, config=config).page_count
         except ocr.errors.ExtractionError as exc:
             return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient))
     if claim.metered:
@@ -301,8 +306,8 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
         with ctx.lease_keeper.keeping(claim) as heartbeat:
             # In the capped child: whatever the document does, this process and its other
             # items survive (a bomb ends as extraction_failed, see ocr/sandbox.py).
-            result = ctx.sandbox.extract_bytes(
-                data,
+            result = ctx.sandbox.extract(
+                path,
                 claim.options,
                 filename=claim.filename,
                 config=config,
@@ -320,6 +325,9 @@ def _work(ctx: TaskContext, claim: Claim) -> Outcome:
     finally:
         metrics.observe_extraction(time.perf_counter() - started)
 
+    # The sandbox hands the result over in memory anyway, and an unsliced one is at most
+    # PAGELANE_SLICE_PAGES pages (longer documents are sliced and assembled on disk, see
+    # tasks/slices.py), so it is uploaded from memory.
     key = result_key(claim.customer_id, claim.batch_id, claim.item_id)
     store.put(
         key, json.dumps(result, separators=(",", ":")).encode(), content_type="application/json"
@@ -414,52 +422,23 @@ def _succeed(
     reserved: int,
     digest: str,
 ) -> Outcome:
-    now = utcnow()
-    try:
-        with transaction(ctx.session_factory) as session:
-            lifecycle.move_item(
-                session,
-                batch_id=claim.batch_id,
-                item_id=claim.item_id,
-                from_status=ItemStatus.RUNNING,
-                to_status=ItemStatus.SUCCEEDED,
-                now=now,
-                **fenced(claim),
-                pages_billed=pages,
-                page_count=page_count,
-                pages_done=page_count,
-                pages_reserved=0,
-                completed_at=now,
-                lease_token=None,
-                lease_expires_at=None,
-                admitted_at=None,
-                result_key=key,
-                result_expires_at=now + timedelta(hours=ctx.settings.retention_hours),
-                error_code=None,
-                error_message=None,
-            )
-            if not settle_pages(
-                session,
-                billing_id=claim.item_id,
-                customer_id=claim.customer_id,
-                batch_id=claim.batch_id,
-                reserved=reserved,
-                pages=pages,
-                now=now,
-            ):
-                # Billed before (impossible while the lease fences the finish, kept exact
-                # anyway): the batch's pages_billed stays the sum of its billing rows.
-                session.connection().execute(
-                    update(Batch)
-                    .where(Batch.id == claim.batch_id)
-                    .values(pages_billed=Batch.pages_billed - pages)
-                    .execution_options(synchronize_session=False)
-                )
-            admitted = ctx.dispatcher.mark_admitted(session, claim.customer_id, cap=claim.cap)
-    except lifecycle.ItemNotMovedError:
+    admitted = succeed_item(
+        ctx,
+        Success(
+            batch_id=claim.batch_id,
+            item_id=claim.item_id,
+            customer_id=claim.customer_id,
+            lease_token=claim.lease_token,
+            cap=claim.cap,
+            result_key=key,
+            page_count=page_count,
+            pages_billed=pages,
+            reserved=reserved,
+        ),
+    )
+    if admitted is None:
         return Outcome.LEASE_LOST
     claim.handoff.admitted = admitted
-    metrics.item_finished("succeeded")
     return Outcome.SUCCEEDED
 
 
@@ -479,8 +458,7 @@ def _fail(ctx: TaskContext, claim: Claim, failure: Failure, reserved: int = 0) -
             if retry:
                 # Back to waiting with the slot given up; the dispatcher re-admits it once
                 # retry_at passes. Exponential backoff with full jitter.
-                delay = settings.ocr_retry_backoff_seconds * (2**claim.ocr_failures)
-                delay = delay / 2 + random.uniform(0, delay / 2)
+                delay = retry_delay(settings, claim.ocr_failures)
                 lifecycle.move_item(
                     session,
                     batch_id=claim.batch_id,

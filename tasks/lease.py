@@ -54,7 +54,13 @@ _FENCE = (Item.lease_token == bindparam("p_lease_token"),)
 
 def fenced(holder: LeaseHolder) -> dict[str, Any]:
     """The arguments of a move that only the lease holder may make."""
-    return {"where": _FENCE, "params": {"p_lease_token": holder.lease_token}}
+    return fenced_by(holder.lease_token)
+
+
+def fenced_by(lease_token: str) -> dict[str, Any]:
+    """The arguments of a move that only the holder of ``lease_token`` may make (an item's
+    assembler holds the item's lease without a claim of it)."""
+    return {"where": _FENCE, "params": {"p_lease_token": lease_token}}
 
 
 class LeaseKeeper:

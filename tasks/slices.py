@@ -24,16 +24,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import random
 import secrets
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -41,7 +37,7 @@ from sqlalchemy.orm import Session
 import ocr
 from ocr.result import Warnings
 from service import lifecycle, logs, metrics
-from service.billing import release_pages, settle_pages
+from service.billing import release_pages
 from service.clock import utcnow
 from service.db import transaction
 from service.extraction import ocr_config
@@ -59,7 +55,9 @@ from service.settings import Settings
 from service.slices import SLICE_PREFIX
 from service.storage import BlobNotFoundError, result_key
 from tasks.context import TaskContext
-from tasks.lease import Heartbeat, LeaseLostError
+from tasks.finish import Failure, Success, retry_delay, succeed_item
+from tasks.lease import Heartbeat, LeaseHolder, LeaseLostError, fenced_by
+from tasks.scratch import scratch_dir
 
 log = logging.getLogger("pagelane.slices")
 
@@ -107,21 +105,12 @@ class _HandoffLike(Protocol):
     admitted: list[str] | None
 
 
-class ItemHolder(Protocol):
-    """What slicing needs of an item's claim (``tasks.items.Claim`` is one)."""
+class ItemHolder(LeaseHolder, Protocol):
+    """What slicing needs of an item's claim (``tasks.items.Claim`` is one): its lease, and
+    where the admissions its moves make are handed on."""
 
     @property
-    def item_id(self) -> str: ...
-    @property
-    def batch_id(self) -> str: ...
-    @property
-    def customer_id(self) -> str: ...
-    @property
     def file_id(self) -> str: ...
-    @property
-    def lease_token(self) -> str: ...
-    @property
-    def cap(self) -> int: ...
     @property
     def handoff(self) -> _HandoffLike: ...
 
@@ -144,8 +133,7 @@ def start_slicing(ctx: TaskContext, claim: ItemHolder, page_count: int, reserved
                 from_status=ItemStatus.RUNNING,
                 to_status=ItemStatus.RUNNING,
                 now=now,
-                where=_ITEM_FENCE,
-                params={"p_item_token": claim.lease_token},
+                **fenced_by(claim.lease_token),
                 page_count=page_count,
                 pages_done=0,
                 # No expiry: the stale-lease sweep leaves a coordinator alone (its slices
@@ -207,8 +195,7 @@ def resume_sliced(ctx: TaskContext, claim: ItemHolder) -> str:
                 from_status=ItemStatus.RUNNING,
                 to_status=ItemStatus.RUNNING,
                 now=utcnow(),
-                where=_ITEM_FENCE,
-                params={"p_item_token": claim.lease_token},
+                **fenced_by(claim.lease_token),
                 lease_expires_at=None,
                 admitted_at=None,
             )
@@ -246,14 +233,9 @@ class SliceClaim:
     filename: str | None
     options: dict[str, Any]
     ocr_failures: int
+    # The input's digest, recorded by the item's first task before it sliced the item.
+    sha256_recorded: str | None
     handoff: _Handoff = field(default_factory=_Handoff)
-
-
-@dataclass(frozen=True)
-class _Failure:
-    code: str
-    message: str
-    transient: bool = False
 
 
 def process_slice(ctx: TaskContext, slice_id: str) -> str:
@@ -290,6 +272,7 @@ _CLAIM_READ = (
         Customer.concurrency,
         File.blob_key,
         File.filename,
+        File.sha256,
         Batch.options,
     )
     .join(Item, Item.id == Slice.item_id)
@@ -301,7 +284,6 @@ _CLAIM_READ = (
 # Moves of the item made on behalf of its slices: the item must still be running (a failed or
 # requeued item's slices are no longer wanted); the slice's own lease is checked beside it.
 _ITEM_RUNNING: tuple[Any, ...] = ()
-_ITEM_FENCE = (Item.lease_token == bindparam("p_item_token"),)
 # pages_done of a sliced item: the sum over its slices (the item row is the one being updated)
 _PAGES_DONE_ACROSS = (
     select(func.coalesce(func.sum(Slice.pages_done), 0))
@@ -378,9 +360,10 @@ def claim_slice(ctx: TaskContext, slice_id: str) -> SliceClaim | None:
         filename=row.filename,
         options=dict(row.options),
         ocr_failures=row.ocr_failures,
+        sha256_recorded=row.sha256,
     )
     if exhausted:
-        failure = _Failure(
+        failure = Failure(
             "internal_error",
             f"gave up on pages {row.first_page}-{row.last_page} after {row.attempts} attempts;"
             " safe to resubmit",
@@ -394,48 +377,48 @@ def claim_slice(ctx: TaskContext, slice_id: str) -> SliceClaim | None:
     return claim
 
 
-@contextlib.contextmanager
-def _input_file(ctx: TaskContext, key: str) -> Iterator[Path]:
-    """The input streamed from the store into a private temporary file (never in memory)."""
-    store = ctx.blob_store
-    assert store is not None
-    with tempfile.TemporaryDirectory(prefix="pagelane-slice-") as tmp:
-        path = Path(tmp) / "input"
-        store.download_to(key, path)
-        yield path
-
-
 def _work(ctx: TaskContext, claim: SliceClaim) -> str:
     store = ctx.blob_store
     assert store is not None
     started = time.perf_counter()
     try:
-        with (
-            _input_file(ctx, claim.blob_key) as path,
-            ctx.lease_keeper.keeping(claim, kind=SliceHeartbeat) as heartbeat,
-        ):
-            result = ctx.sandbox.extract(
-                path,
-                claim.options,
-                filename=claim.filename,
-                file_id=claim.file_id,
-                config=ocr_config(ctx.settings),
-                on_page=heartbeat.on_page,
-                pages=(claim.first_page, claim.last_page),
-            )
+        with scratch_dir() as scratch:
+            path = scratch / "input"
+            digest = store.download_to(claim.blob_key, path)
+            # The item's first task recorded the input's digest before slicing; every slice
+            # must read the same bytes (issue 13), or the pages would come from two documents.
+            if digest != claim.sha256_recorded:
+                log.warning(
+                    "input changed after upload",
+                    extra={"file_id": claim.file_id, "recorded": claim.sha256_recorded},
+                )
+                return _fail(
+                    ctx, claim, Failure("extraction_failed", "the input changed after upload")
+                )
+            with ctx.lease_keeper.keeping(claim, kind=SliceHeartbeat) as heartbeat:
+                result = ctx.sandbox.extract(
+                    path,
+                    claim.options,
+                    filename=claim.filename,
+                    file_id=claim.file_id,
+                    config=ocr_config(ctx.settings),
+                    on_page=heartbeat.on_page,
+                    pages=(claim.first_page, claim.last_page),
+                )
     except BlobNotFoundError:
-        return _fail(ctx, claim, _Failure("upload_missing", "the input is no longer stored"))
+        return _fail(ctx, claim, Failure("upload_missing", "the input is no longer stored"))
     except LeaseLostError:
         return LEASE_LOST
     except ocr.errors.ExtractionError as exc:
-        return _fail(ctx, claim, _Failure(exc.code, exc.message, exc.transient))
+        return _fail(ctx, claim, Failure(exc.code, exc.message, exc.transient))
     except Exception:
         log.exception("slice extraction crashed", extra={"slice_id": claim.slice_id})
-        return _fail(ctx, claim, _Failure("internal_error", "unexpected error; safe to resubmit"))
+        return _fail(ctx, claim, Failure("internal_error", "unexpected error; safe to resubmit"))
     finally:
         metrics.observe_extraction(time.perf_counter() - started)
     key = partial_key(claim.customer_id, claim.batch_id, claim.item_id, claim.index)
     pages = int(result["page_count"])
+    # A partial is one slice's pages (bounded by PAGELANE_SLICE_PAGES), in memory already.
     body = json.dumps(result, separators=(",", ":")).encode()
     del result
     store.put(key, body, content_type="application/json")
@@ -515,8 +498,9 @@ def _finish(ctx: TaskContext, claim: SliceClaim, key: str, pages: int) -> str:
 
 
 def _assemble(ctx: TaskContext, item_id: str, token: str, handoff: _HandoffLike, cap: int) -> str:
-    """Write the item's result from its slices' partials in page order, one partial in memory
-    at a time, into a file; store it; then succeed and bill the item (fenced by ``token``)."""
+    """Write the item's result from its slices' partials into a temporary file as it is
+    assembled (:func:`write_assembled`), upload that file, then succeed and bill the item
+    (fenced by ``token``, the item's lease, renewed while the partials are read)."""
     store = ctx.blob_store
     assert store is not None
     with ctx.session_factory() as session:
@@ -525,54 +509,101 @@ def _assemble(ctx: TaskContext, item_id: str, token: str, handoff: _HandoffLike,
                 Item.id == item_id
             )
         ).one()
-        parts = session.execute(
-            select(Slice.result_key).where(Slice.item_id == item_id).order_by(Slice.index)
-        ).all()
+        part_keys = list(
+            session.scalars(
+                select(Slice.result_key).where(Slice.item_id == item_id).order_by(Slice.index)
+            )
+        )
     key = result_key(item.customer_id, item.batch_id, item_id)
     page_count = int(item.page_count or 0)
     renew_every = max(0.5, ctx.settings.lease_seconds / 4)
-    renewed = time.monotonic()
-    warnings = Warnings()
-    fd, tmp = tempfile.mkstemp(prefix="pagelane-result-", suffix=".json")
+    started = time.perf_counter()
+
+    def partials() -> Iterator[dict[str, Any]]:
+        renewed = time.monotonic()
+        for part_key in part_keys:
+            if time.monotonic() - renewed >= renew_every:
+                if not _renew_item_lease(ctx, item_id, token):
+                    raise LeaseLostError(item_id)
+                renewed = time.monotonic()
+            assert part_key is not None  # every succeeded slice has its partial
+            yield json.loads(store.get(part_key))
+
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            first = True
-            for index, (part_key,) in enumerate(parts):
-                if time.monotonic() - renewed >= renew_every:
-                    if not _renew_item_lease(ctx, item_id, token):
-                        return LEASE_LOST
-                    renewed = time.monotonic()
-                assert part_key is not None  # every succeeded slice has its partial
-                part = json.loads(store.get(part_key))
-                if index == 0:
-                    # The same fields in the same order as ocr.result.envelope writes them.
-                    head = {
-                        "object": part["object"],
-                        "page_count": page_count,
-                        "pages_billed": page_count,
-                        "file": part["file"],
-                    }
-                    out.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"chunks":[')
-                for chunk in part["chunks"]:
-                    if not first:
-                        out.write(",")
-                    out.write(json.dumps(chunk, separators=(",", ":")))
-                    first = False
-                for warning in part["warnings"]:
-                    warnings.add(warning)
-                del part
-            out.write('],"warnings":' + json.dumps(warnings.as_list(), separators=(",", ":")))
-            out.write("}")
-        # The store's put takes bytes: the assembled JSON text is read back once to upload.
-        store.put(key, Path(tmp).read_bytes(), content_type="application/json")
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    outcome = _succeed_item(ctx, item_id, item, token, key, page_count, handoff, cap)
-    if outcome == SUCCEEDED:
-        with contextlib.suppress(Exception):
-            store.delete_many([k for (k,) in parts if k])
-    return outcome
+        with scratch_dir() as scratch:
+            assembled = scratch / "result.json"
+            with open(assembled, "w", encoding="utf-8") as out:
+                write_assembled(out, page_count, partials())
+            store.put_file(key, assembled, content_type="application/json")
+    except LeaseLostError:
+        return LEASE_LOST
+    # Exactly the unsliced finish: one billing row keyed by the item id, its reservation
+    # (held since the probe; only the lease holder changes it) settled.
+    admitted = succeed_item(
+        ctx,
+        Success(
+            batch_id=item.batch_id,
+            item_id=item_id,
+            customer_id=item.customer_id,
+            lease_token=token,
+            cap=cap,
+            result_key=key,
+            page_count=page_count,
+            pages_billed=page_count,
+            reserved=int(item.pages_reserved or 0),
+        ),
+    )
+    if admitted is None:
+        return LEASE_LOST
+    handoff.admitted = admitted
+    # The assembly's cost is what slicing adds after the last page (bench/slices.py).
+    log.info(
+        "item %s: assembled from %d slices, %d pages, in %.1f ms",
+        item_id,
+        len(part_keys),
+        page_count,
+        (time.perf_counter() - started) * 1000,
+    )
+    with contextlib.suppress(Exception):
+        store.delete_many([k for k in part_keys if k])
+    return SUCCEEDED
+
+
+def write_assembled(out: IO[str], page_count: int, partials: Iterable[Mapping[str, Any]]) -> None:
+    """Write one Extract result to ``out`` from the partial results of a document's slices,
+    given in page order: the first partial's envelope with the whole document's page count,
+    every chunk of every partial in order, the partials' warnings merged under the cap of one
+    extraction. Chunks are written as they are read, so only the partial being copied is in
+    memory; the text is what ``json.dumps`` of the whole result (as an unsliced item's) gives.
+    """
+    warnings = Warnings()
+    first_chunk = True
+    wrote_head = False
+    for part in partials:
+        if not wrote_head:
+            # The same fields in the same order as ocr.result.envelope writes them.
+            head = {
+                "object": part["object"],
+                "page_count": page_count,
+                "pages_billed": page_count,
+                "file": part["file"],
+            }
+            out.write(_compact(head)[:-1] + ',"chunks":[')
+            wrote_head = True
+        for chunk in part["chunks"]:
+            if not first_chunk:
+                out.write(",")
+            out.write(_compact(chunk))
+            first_chunk = False
+        for warning in part["warnings"]:
+            warnings.add(warning)
+    if not wrote_head:
+        raise ValueError("a result is assembled from at least one partial")
+    out.write('],"warnings":' + _compact(warnings.as_list()) + "}")
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _renew_item_lease(ctx: TaskContext, item_id: str, token: str) -> bool:
@@ -591,84 +622,21 @@ def _renew_item_lease(ctx: TaskContext, item_id: str, token: str) -> bool:
         )
 
 
-def _succeed_item(
-    ctx: TaskContext,
-    item_id: str,
-    item: Any,
-    token: str,
-    key: str,
-    page_count: int,
-    handoff: _HandoffLike,
-    cap: int,
-) -> str:
-    """Exactly the unsliced finish (tasks.items._succeed): status, counters, one billing row
-    keyed by the item id, the customer's next admissions, in one transaction."""
-    now = utcnow()
-    try:
-        with transaction(ctx.session_factory) as session:
-            lifecycle.move_item(
-                session,
-                batch_id=item.batch_id,
-                item_id=item_id,
-                from_status=ItemStatus.RUNNING,
-                to_status=ItemStatus.SUCCEEDED,
-                now=now,
-                where=_ITEM_FENCE,
-                params={"p_item_token": token},
-                pages_billed=page_count,
-                page_count=page_count,
-                pages_done=page_count,
-                pages_reserved=0,
-                completed_at=now,
-                lease_token=None,
-                lease_expires_at=None,
-                admitted_at=None,
-                result_key=key,
-                result_expires_at=now + timedelta(hours=ctx.settings.retention_hours),
-                error_code=None,
-                error_message=None,
-            )
-            # Held since the probe (only the lease holder changes it): settled like an item's.
-            reserved = int(item.pages_reserved or 0)
-            if not settle_pages(
-                session,
-                billing_id=item_id,
-                customer_id=item.customer_id,
-                batch_id=item.batch_id,
-                reserved=reserved,
-                pages=page_count,
-                now=now,
-            ):
-                session.execute(
-                    update(Batch)
-                    .where(Batch.id == item.batch_id)
-                    .values(pages_billed=Batch.pages_billed - page_count)
-                    .execution_options(synchronize_session=False)
-                )
-            handoff.admitted = ctx.dispatcher.mark_admitted(session, item.customer_id, cap=cap)
-    except lifecycle.ItemNotMovedError:
-        return LEASE_LOST
-    metrics.item_finished("succeeded")
-    log.info("item %s: assembled from its slices, %d pages", item_id, page_count)
-    return SUCCEEDED
-
-
 # --- failures --------------------------------------------------------------------------------
 
 
-def _fail(ctx: TaskContext, claim: SliceClaim, failure: _Failure) -> str:
+def _fail(ctx: TaskContext, claim: SliceClaim, failure: Failure) -> str:
     """A transient failure retries this slice (its slot given up meanwhile); any other, or
     one past the retries, fails the whole item with its code."""
     settings = ctx.settings
     if not (failure.transient and claim.ocr_failures < settings.ocr_retries):
         if failure.transient:
-            failure = _Failure(
+            failure = Failure(
                 failure.code, f"{failure.message} (after {settings.ocr_retries} retries)"
             )
         return _fail_item(ctx, claim, failure, fenced=True)
     now = utcnow()
-    delay = settings.ocr_retry_backoff_seconds * (2**claim.ocr_failures)
-    delay = delay / 2 + random.uniform(0, delay / 2)
+    delay = retry_delay(settings, claim.ocr_failures)
     with transaction(ctx.session_factory) as session:
         moved = session.execute(
             update(Slice)
@@ -695,7 +663,7 @@ def _fail(ctx: TaskContext, claim: SliceClaim, failure: _Failure) -> str:
     return RETRYING
 
 
-def _fail_item(ctx: TaskContext, claim: SliceClaim, failure: _Failure, *, fenced: bool) -> str:
+def _fail_item(ctx: TaskContext, claim: SliceClaim, failure: Failure, *, fenced: bool) -> str:
     """The item fails with ``failure`` and every unfinished slice of it with it; their slots
     are released (their workers find their lease lost at the next heartbeat or finish)."""
     now = utcnow()
@@ -737,7 +705,7 @@ def fail_item_in_session(
     session: Session,
     batch_id: str,
     item_id: str,
-    failure: _Failure,
+    failure: Failure,
     now: datetime,
 ) -> list[str] | None:
     """In the caller's transaction (batch locked): fail a sliced item and its unfinished
@@ -877,7 +845,7 @@ def requeue_stale_slices(ctx: TaskContext, now: datetime) -> dict[str, int]:
             if row is None:
                 continue
             if row.attempts - row.ocr_failures >= ctx.settings.max_attempts:
-                failure = _Failure(
+                failure = Failure(
                     "internal_error",
                     f"the worker was lost {row.attempts} times on pages"
                     f" {row.first_page}-{row.last_page}; safe to resubmit",
@@ -907,52 +875,3 @@ def requeue_stale_slices(ctx: TaskContext, now: datetime) -> dict[str, int]:
         ctx.dispatcher.admit(customer_id)
     metrics.item_finished("failed", "internal_error", counts["slices_failed"])
     return counts
-
-
-def redispatch_lost_slices(ctx: TaskContext, now: datetime) -> dict[str, int]:
-    """Admitted slices not started within the bound: their message was lost; publish again."""
-    bound = now - timedelta(seconds=ctx.settings.redispatch_after_seconds)
-    with ctx.session_factory() as session:
-        lost = session.execute(
-            select(Slice.id, Slice.customer_id)
-            .where(Slice.status == SliceStatus.PENDING, Slice.admitted_at < bound)
-            .limit(BATCH_SIZE)
-        ).all()
-    dispatcher = ctx.dispatcher
-    republished = 0
-    caps: dict[str, int] = {}
-    for slice_id, customer_id in lost:
-        with transaction(ctx.session_factory) as session:
-            moved = session.execute(
-                update(Slice)
-                .where(
-                    Slice.id == slice_id,
-                    Slice.status == SliceStatus.PENDING,
-                    Slice.admitted_at < bound,
-                )
-                .values(admitted_at=now)
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
-            if moved and customer_id not in caps:
-                caps[customer_id] = int(
-                    session.scalar(select(Customer.concurrency).where(Customer.id == customer_id))
-                    or 0
-                )
-        if not moved:
-            continue
-        if dispatcher.semaphore.acquire(
-            customer_id,
-            slice_id,
-            cap=caps[customer_id],
-            lease_seconds=dispatcher.admission_lease_seconds,
-        ):
-            dispatcher.publish(slice_id)
-            republished += 1
-        else:
-            with transaction(ctx.session_factory) as session:
-                session.execute(
-                    update(Slice)
-                    .where(Slice.id == slice_id, Slice.status == SliceStatus.PENDING)
-                    .values(admitted_at=None)
-                )
-    return {"slices_republished": republished}

@@ -18,7 +18,7 @@ from sqlalchemy import and_, bindparam, delete, or_, select, update
 from service import lifecycle, metrics
 from service.billing import release_pages
 from service.db import transaction
-from service.models import File, FileStatus, IdempotencyKey, Item, ItemStatus
+from service.models import File, FileStatus, IdempotencyKey, Item, ItemStatus, Slice
 from service.storage import BlobStore
 from tasks import slices
 from tasks.context import TaskContext
@@ -99,28 +99,37 @@ def requeue_stale_items(ctx: TaskContext, now: datetime) -> dict[str, int]:
 
 
 def redispatch_lost_items(ctx: TaskContext, now: datetime) -> dict[str, int]:
-    """Admitted items not started within the bound: their message was lost; publish again.
+    """Admitted items and page slices not started within the bound: their message was lost;
+    publish again.
 
     A duplicate message is harmless (the claim is conditional), a lost one would strand the
     item forever; so when in doubt, publish.
     """
+    return {
+        "republished": _redispatch_lost(ctx, now, Item),
+        "slices_republished": _redispatch_lost(ctx, now, Slice),
+    }
+
+
+def _redispatch_lost(ctx: TaskContext, now: datetime, table: type[Item] | type[Slice]) -> int:
+    """Republish ``table``'s pending rows admitted before the bound; returns how many. Items
+    and slices are admitted alike, by ``admitted_at`` and a semaphore slot under their id."""
     bound = now - timedelta(seconds=ctx.settings.redispatch_after_seconds)
+    pending = ItemStatus.PENDING  # the same value in SliceStatus
     with ctx.session_factory() as session:
         lost = session.execute(
-            select(Item.id, Item.customer_id)
-            .where(Item.status == ItemStatus.PENDING, Item.admitted_at < bound)
+            select(table.id, table.customer_id)
+            .where(table.status == pending, table.admitted_at < bound)
             .limit(BATCH_SIZE)
         ).all()
     dispatcher = ctx.dispatcher
     republished = 0
     caps: dict[str, int] = {}
-    for item_id, customer_id in lost:
+    for holder_id, customer_id in lost:
         with transaction(ctx.session_factory) as session:
             moved = session.execute(
-                update(Item)
-                .where(
-                    Item.id == item_id, Item.status == ItemStatus.PENDING, Item.admitted_at < bound
-                )
+                update(table)
+                .where(table.id == holder_id, table.status == pending, table.admitted_at < bound)
                 .values(admitted_at=now)
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
@@ -130,24 +139,23 @@ def redispatch_lost_items(ctx: TaskContext, now: datetime) -> dict[str, int]:
             with ctx.session_factory() as session:
                 caps[customer_id] = customer_cap(session, customer_id)
         # Re-take the slot (idempotent for a holder that still has it). If Redis lost the
-        # slots and the cap is full meanwhile, the item goes back to waiting instead.
+        # slots and the cap is full meanwhile, the row goes back to waiting instead.
         if dispatcher.semaphore.acquire(
             customer_id,
-            item_id,
+            holder_id,
             cap=caps[customer_id],
             lease_seconds=dispatcher.admission_lease_seconds,
         ):
-            dispatcher.publish(item_id)
+            dispatcher.publish(holder_id)
             republished += 1
         else:
             with transaction(ctx.session_factory) as session:
                 session.execute(
-                    update(Item)
-                    .where(Item.id == item_id, Item.status == ItemStatus.PENDING)
+                    update(table)
+                    .where(table.id == holder_id, table.status == pending)
                     .values(admitted_at=None)
                 )
-    # Page slices whose message was lost (tasks/slices.py).
-    return {"republished": republished, **slices.redispatch_lost_slices(ctx, now)}
+    return republished
 
 
 def expire_uploads(ctx: TaskContext, now: datetime) -> dict[str, int]:

@@ -32,6 +32,7 @@ from tasks.app import (
 from tasks.context import SandboxFactory, TaskContext, capped_sandbox, make_task_context
 from tasks.items import process_item
 from tasks.quotes import prune_quotes, run_quote_chunk
+from tasks.scratch import remove_orphaned_scratch
 from tasks.slices import process_slice
 from tasks.sweeps import SWEEPS
 
@@ -50,6 +51,8 @@ class WorkerState:
     @property
     def context(self) -> TaskContext:
         if self._context is None:
+            # Once per pool child, so a child that replaces a killed one removes its files.
+            remove_orphaned_scratch()
             self._context = make_task_context(
                 self.settings, self.celery, make_sandbox=self.make_sandbox
             )

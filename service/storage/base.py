@@ -140,16 +140,30 @@ class BlobStore(Protocol):
         what a HEAD and a GET would. For large inputs prefer :meth:`download_to`."""
         ...
 
-    def download_to(self, key: str, destination: Path) -> None:
-        """Stream the blob into the file ``destination`` without holding it in memory.
+    def download_to(self, key: str, destination: Path, *, max_bytes: int | None = None) -> str:
+        """Stream the blob into the file ``destination`` without holding it in memory; returns
+        the sha256 (hex) of the bytes written, computed as they stream past, so an input is
+        checked against its recorded digest without being read a second time.
 
-        Raises :class:`BlobNotFoundError` when there is no blob; ``destination`` may then hold a
-        partial file, which the caller owns (write it in a temp dir).
+        With ``max_bytes``, a larger blob raises :class:`BlobTooLargeError` before its body is
+        read (one round trip, like :meth:`get`). Raises :class:`BlobNotFoundError` when there is
+        no blob; ``destination`` may then hold a partial file, which the caller owns (write it
+        in a temp dir).
         """
         ...
 
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         """Store ``data`` under ``key``, replacing any blob there, all or nothing."""
+        ...
+
+    def put_file(
+        self, key: str, source: Path, *, content_type: str = "application/octet-stream"
+    ) -> None:
+        """:meth:`put` of the file at ``source``, streamed from disk (never whole in memory):
+        the same replacing, all-or-nothing write. Results are written this way; inputs arrive
+        only through :meth:`presign_put`'s create-only uploads, so no condition applies here
+        (a result written again, by an assembly retried after a lost lease, replaces the same
+        bytes)."""
         ...
 
     def delete(self, key: str) -> None:

@@ -299,23 +299,44 @@ class LocalBlobStore(BlobStore):
         except OSError as exc:
             raise BlobStoreError(f"local blob store: read {key!r} failed: {exc}") from exc
 
-    def download_to(self, key: str, destination: Path) -> None:
+    def download_to(self, key: str, destination: Path, *, max_bytes: int | None = None) -> str:
         path = self.blob_path(key)
+        digest = hashlib.sha256()
         try:
-            with open(path, "rb") as source, open(destination, "wb") as out:
-                shutil.copyfileobj(source, out, COPY_CHUNK_BYTES)
+            with open(path, "rb") as source:
+                size = os.fstat(source.fileno()).st_size
+                if max_bytes is not None and size > max_bytes:
+                    raise BlobTooLargeError(key, size)
+                with open(destination, "wb") as out:
+                    while chunk := source.read(COPY_CHUNK_BYTES):
+                        digest.update(chunk)
+                        out.write(chunk)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             if not path.is_file():
                 raise BlobNotFoundError(key) from exc
             raise BlobStoreError(f"local blob store: copy of {key!r} failed: {exc}") from exc
         except OSError as exc:
             raise BlobStoreError(f"local blob store: copy of {key!r} failed: {exc}") from exc
+        return digest.hexdigest()
 
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         # The content type is not kept: downloads are typed from the key's extension.
         path = self.blob_path(key)
         with self._os_errors(f"write of {key!r}"), self._atomic_replace(path) as out:
             out.write(data)
+
+    def put_file(
+        self, key: str, source: Path, *, content_type: str = "application/octet-stream"
+    ) -> None:
+        path = self.blob_path(key)
+        # Opened before _os_errors is entered: a missing source is the caller's error
+        # (FileNotFoundError, as on S3), not the store's.
+        with (
+            open(source, "rb") as data,
+            self._os_errors(f"write of {key!r}"),
+            self._atomic_replace(path) as out,
+        ):
+            shutil.copyfileobj(data, out, COPY_CHUNK_BYTES)
 
     def delete(self, key: str) -> None:
         path = self.blob_path(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.handlers import add_expect_header
@@ -41,6 +44,14 @@ log = logging.getLogger(__name__)
 
 # DeleteObjects calls in flight at once in one delete_many.
 DELETE_THREADS = 4
+# put_file: one PUT up to 16 MiB (a result of a few hundred pages), multipart above it. Parts
+# are read from the file as they are sent, so at most 4 parts of 8 MiB are in memory at once
+# (boto3's default is 10 threads): a worker's memory stays bounded whatever the result's size.
+_UPLOAD_CONFIG = TransferConfig(
+    multipart_threshold=16 * 1024 * 1024,
+    multipart_chunksize=8 * 1024 * 1024,
+    max_concurrency=4,
+)
 
 
 def _attachment_disposition(filename: str) -> str:
@@ -208,12 +219,19 @@ class S3BlobStore(BlobStore):
         except BotoCoreError as exc:
             raise BlobStoreError(f"S3 GET {key!r} failed: {exc}") from exc
 
-    def download_to(self, key: str, destination: Path) -> None:
+    def download_to(self, key: str, destination: Path, *, max_bytes: int | None = None) -> str:
         validate_key(key)
+        # One GET streamed in order (not download_fileobj's parallel ranged GETs): the digest is
+        # taken as the chunks pass, and the length is known before the body is read.
+        digest = hashlib.sha256()
         try:
             response = self._client.get_object(Bucket=self._bucket, Key=key)
+            if max_bytes is not None and response["ContentLength"] > max_bytes:
+                response["Body"].close()
+                raise BlobTooLargeError(key, response["ContentLength"])
             with open(destination, "wb") as out:
                 for chunk in response["Body"].iter_chunks(COPY_CHUNK_BYTES):
+                    digest.update(chunk)
                     out.write(chunk)
         except ClientError as exc:
             if _is_not_found(exc):
@@ -221,6 +239,7 @@ class S3BlobStore(BlobStore):
             raise BlobStoreError(f"S3 GET {key!r} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise BlobStoreError(f"S3 GET {key!r} failed: {exc}") from exc
+        return digest.hexdigest()
 
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         validate_key(key)
@@ -228,6 +247,23 @@ class S3BlobStore(BlobStore):
             self._client.put_object(
                 Bucket=self._bucket, Key=key, Body=data, ContentType=content_type
             )
+
+    def put_file(
+        self, key: str, source: Path, *, content_type: str = "application/octet-stream"
+    ) -> None:
+        validate_key(key)
+        try:
+            self._client.upload_file(
+                str(source),
+                self._bucket,
+                key,
+                ExtraArgs={"ContentType": content_type},
+                Config=_UPLOAD_CONFIG,
+            )
+        except S3UploadFailedError as exc:  # boto3 wraps the ClientError of the upload
+            raise BlobStoreError(f"S3 PUT {key!r} (from {source}) failed: {exc}") from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise BlobStoreError(f"S3 PUT {key!r} (from {source}) failed: {exc}") from exc
 
     def delete(self, key: str) -> None:
         validate_key(key)

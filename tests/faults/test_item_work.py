@@ -32,14 +32,14 @@ def ctx(pg_s3_settings: Settings, flush_redis: None) -> Iterator[TaskContext]:
 def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Page counts of every probe the worker runs (in its sandbox) from here on."""
     seen: list[int] = []
-    real_probe = Sandbox.probe_bytes
+    real_probe = Sandbox.probe
 
-    def counting_probe(self: Sandbox, data: bytes, **kwargs: Any) -> Any:
-        probe = real_probe(self, data, **kwargs)
+    def counting_probe(self: Sandbox, path: Any, **kwargs: Any) -> Any:
+        probe = real_probe(self, path, **kwargs)
         seen.append(probe.page_count)
         return probe
 
-    monkeypatch.setattr(Sandbox, "probe_bytes", counting_probe)
+    monkeypatch.setattr(Sandbox, "probe", counting_probe)
     return seen
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 import ocr
 from ocr.sandbox import Sandbox
 from service.api.app import create_app
-from service.models import BillingEntry, Customer, Item, ItemStatus, Slice, SliceStatus
+from service.models import BillingEntry, Customer, File, Item, ItemStatus, Slice, SliceStatus
 from service.settings import Settings, load_settings
 from service.slices import is_slice_id
 from tasks.context import TaskContext
@@ -247,6 +247,33 @@ def test_a_transient_slice_failure_retries_that_slice_then_fails_with_its_code(
     first = slices_of(ctx, item_id)[0]
     assert first.ocr_failures == ctx.settings.ocr_retries
     assert billing(ctx, tenant.customer_id) == ({}, 0, 0)
+
+
+def test_an_input_swapped_after_slicing_fails_the_item_in_its_slices(ctx: TaskContext) -> None:
+    """Each slice streams the input again and checks it against the digest the item's first
+    task recorded: pages of two different documents are never assembled into one result."""
+    tenant = tenant_of(ctx, "swapped", quota=1000, concurrency=2)
+    batch = tenant.submit([tenant.upload(text_pdf(12, lines_per_page=5))]).get_json()
+    item_id = batch["items"][0]["id"]
+    ctx.dispatcher.admit(tenant.customer_id)
+    queue = published(ctx).ids
+    assert process_item(ctx, queue.pop(0)) == "sliced"
+    with ctx.session_factory() as session:
+        blob_key = session.execute(
+            select(File.blob_key).join(Item, Item.file_id == File.id).where(Item.id == item_id)
+        ).scalar_one()
+    store = ctx.blob_store
+    assert store is not None
+    store.put(blob_key, text_pdf(12, lines_per_page=6))  # out of band: no create-only here
+
+    outcomes = drain(ctx, cap=2, customer_id=tenant.customer_id)
+
+    assert "slc:failed" in outcomes
+    item = item_row(ctx, item_id)
+    assert item.status == ItemStatus.FAILED and item.error_code == "extraction_failed"
+    assert item.error_message == "the input changed after upload"
+    assert billing(ctx, tenant.customer_id) == ({}, 0, 0)
+    assert in_flight(ctx, tenant.customer_id) == 0
 
 
 def test_the_cap_counts_slices_and_items_together(ctx: TaskContext) -> None:

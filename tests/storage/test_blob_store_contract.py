@@ -6,6 +6,7 @@ client would use the presigned requests.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
-from service.storage import BlobInfo, BlobNotFoundError
+from service.storage import BlobInfo, BlobNotFoundError, BlobTooLargeError
+from service.storage.base import COPY_CHUNK_BYTES
 from tests.support.s3server import RecordedRequest
 
 from .harness import Backend
@@ -232,6 +234,71 @@ def test_put_replaces_whole_blob_and_download_to_streams_it(
     assert destination.read_bytes() == b"second"
     with pytest.raises(BlobNotFoundError):
         backend.store.download_to(backend.key("results/batch_1/missing.json"), tmp_path / "x")
+
+
+def test_download_to_returns_the_sha256_of_what_it_streamed(
+    backend: Backend, tmp_path: Path
+) -> None:
+    # Several copy chunks and a ragged tail: the digest covers every byte, in order.
+    body = os.urandom(3 * COPY_CHUNK_BYTES + 5)
+    key = backend.key("inputs/file_large")
+    assert upload(backend, key, body) == 200
+    destination = tmp_path / "input"
+
+    digest = backend.store.download_to(key, destination, max_bytes=len(body))
+
+    assert digest == hashlib.sha256(body).hexdigest()
+    assert destination.read_bytes() == body
+
+
+def test_download_to_refuses_a_blob_over_max_bytes_before_writing_anything(
+    backend: Backend, tmp_path: Path
+) -> None:
+    key = backend.key("inputs/file_too_big")
+    assert upload(backend, key, PDF_BYTES) == 200
+    destination = tmp_path / "input"
+
+    with pytest.raises(BlobTooLargeError) as refused:
+        backend.store.download_to(key, destination, max_bytes=len(PDF_BYTES) - 1)
+
+    assert refused.value.size == len(PDF_BYTES)
+    assert not destination.exists()
+
+
+def test_put_file_streams_a_file_in_replacing_the_blob(backend: Backend, tmp_path: Path) -> None:
+    key = backend.key("results/batch_1/item_3.json")
+    backend.store.put(key, b'{"old": true}')
+    # Over the S3 backend's multipart threshold: the multipart path is the one exercised.
+    body = b'{"chunks":[' + b",".join(b'"%d"' % n for n in range(2_000_000)) + b"]}"
+    assert len(body) > 16 * 1024 * 1024
+    source = tmp_path / "result.json"
+    source.write_bytes(body)
+
+    backend.store.put_file(key, source, content_type="application/json")
+
+    destination = tmp_path / "copy.json"
+    assert backend.store.download_to(key, destination) == hashlib.sha256(body).hexdigest()
+    assert destination.read_bytes() == body
+    info = backend.store.head(key)
+    assert info is not None and info.size == len(body)
+    served = backend.http.get(backend.store.presign_get(key, expires_in=60))
+    assert served.status_code == 200
+    assert served.headers["Content-Type"].startswith("application/json")
+    if backend.moto is not None:
+        uploads = [r for r in _recorded(backend) if r.method == "POST" and "uploads" in r.query]
+        assert uploads, "a large file goes up in parts"
+
+
+def test_put_file_of_a_missing_file_leaves_the_blob_as_it_was(
+    backend: Backend, tmp_path: Path
+) -> None:
+    key = backend.key("results/batch_1/item_4.json")
+    backend.store.put(key, b"kept")
+
+    with pytest.raises(FileNotFoundError):
+        backend.store.put_file(key, tmp_path / "never-written.json")
+
+    assert backend.store.get(key) == b"kept"
 
 
 def test_deleting_missing_keys_is_not_an_error(backend: Backend) -> None:

@@ -1,8 +1,9 @@
 """A real `pagelane worker` whose engine can be told to misbehave (fault tests only).
 
 Production code has no test hooks; instead this entry point wraps the worker's way into the
-engine (``Sandbox.extract_bytes``: every extraction goes to the pool child's capped sandbox
-process) the way OCRmyPDF's tests inject crashing engines, then runs the unmodified worker:
+engine (``Sandbox.extract``: every extraction goes to the pool child's capped sandbox
+process, given the path of the input the task streamed to disk) the way OCRmyPDF's tests
+inject crashing engines, then runs the unmodified worker:
 
 * ``PAGELANE_FAULT_POISON=<hex>``: a document containing these bytes kills its worker process
   (``os._exit``, as the OOM killer would) every time it is extracted. A crash inside the
@@ -24,6 +25,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -34,15 +36,16 @@ from service.cli import main
 
 
 def install_faults() -> None:
-    real_extract = Sandbox.extract_bytes
+    real_extract = Sandbox.extract
     poison = bytes.fromhex(os.environ.get("PAGELANE_FAULT_POISON", ""))
     provider_failures = os.environ.get("PAGELANE_FAULT_PROVIDER_FAILURES") == "1"
     sleep = float(os.environ.get("PAGELANE_FAULT_SLEEP", "0"))
     counter = redis.Redis.from_url(os.environ["PAGELANE_REDIS_URL"]) if provider_failures else None
 
-    def faulty_extract(self: Sandbox, data: bytes, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def faulty_extract(self: Sandbox, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if sleep:
             time.sleep(sleep)
+        data = Path(path).read_bytes() if poison or counter is not None else b""
         if poison and poison in data:
             os._exit(137)
         if counter is not None:
@@ -51,9 +54,9 @@ def install_faults() -> None:
                 key = "fault:calls:" + hashlib.sha256(data).hexdigest()
                 if counter.incr(key) <= int(wanted.group(1)):
                     raise ocr.errors.OCRProviderError("injected provider outage")
-        return real_extract(self, data, *args, **kwargs)
+        return real_extract(self, path, *args, **kwargs)
 
-    Sandbox.extract_bytes = faulty_extract  # type: ignore[method-assign]
+    Sandbox.extract = faulty_extract  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":
