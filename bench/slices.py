@@ -38,6 +38,7 @@ from typing import Any
 from sqlalchemy import select
 
 import bench.stack as bench_stack_module
+from bench.sandbox import tree_cpu_s
 from service.models import BillingEntry, Item, Slice
 from service.settings import Settings, load_settings
 from tests.fixtures.hostile.make_hostile import scan_pdf, text_pdf
@@ -166,16 +167,22 @@ def run_one(stack: Stack, settings: Settings, document: bytes, name: str) -> dic
     file_ids = stack.upload_many(tenant, [document])
     time.sleep(3)  # the pool processes are up
     with RssSampler(worker.pid) as rss:
+        cpu_before = tree_cpu_s(worker.pid)
         started = time.monotonic()
         batch = tenant.submit(file_ids).get_json()
         stack.wait_terminal(tenant, batch["id"], timeout=7200)
         elapsed = time.monotonic() - started
+        # CPU of the worker's tree (sandbox children included; a child retired meanwhile takes
+        # its share with it): CPU per page up with slices = the OCR itself got slower
+        # (contention for caches or memory); flat = the slices waited on something else.
+        cpu_s = sum(t - cpu_before.get(pid, 0.0) for pid, t in tree_cpu_s(worker.pid).items())
     worker.stop()
     items = stack.items(batch["id"])
     return {
         "status": items[0].status,
         "pages": items[0].page_count,
         "seconds": elapsed,
+        "cpu_s": cpu_s,
         "load": load(),
         "peak_rss_mb": max((mb for _, _, mb in rss.peak.values()), default=0.0),
         "rss_by_role": rss.by_role(),
@@ -313,7 +320,8 @@ def main() -> None:
             plain = run_one(stack, with_slices(stack.settings, 0), scan, "unsliced")
             print(
                 f"unsliced (baseline): {plain['seconds']:.1f} s, {plain['load']}, item task"
-                f" {sum(plain['times']['item_ms']) / 1000:.1f} s",
+                f" {sum(plain['times']['item_ms']) / 1000:.1f} s, worker CPU"
+                f" {plain['cpu_s'] / args.pages:.3f} s a page",
                 flush=True,
             )
             for size in [int(s) for s in args.sizes.split(",") if s]:
@@ -321,7 +329,9 @@ def main() -> None:
                 print(
                     f"sliced, {size}-page slices: {cut['seconds']:.1f} s,"
                     f" {plain['seconds'] / cut['seconds']:.2f}x the unsliced baseline"
-                    f" ({cut['status']}, {cut['pages']} pages), {cut['load']}",
+                    f" ({cut['status']}, {cut['pages']} pages), {cut['load']}, worker CPU"
+                    f" {cut['cpu_s'] / args.pages:.3f} s a page"
+                    f" ({cut['cpu_s'] / plain['cpu_s']:.2f}x the unsliced run's)",
                     flush=True,
                 )
                 print(explain(plain, cut, size), flush=True)
