@@ -3,7 +3,8 @@
 A :class:`Sandbox` owns a small pool of long-lived child processes. Each child imports the engine
 once, then sets a hard address-space limit on itself and serves jobs one at a time: the caller
 hands it the *path* of an input it already wrote to disk, the child reads it, runs
-:func:`ocr.extract` or :func:`ocr.probe`, and sends back progress and the result. Whatever a
+:func:`ocr.extract`, :func:`ocr.probe` or :func:`ocr.quote_probe` (a quote chunk's small
+documents together, :meth:`Sandbox.quote_many`), and sends back progress and the result. Whatever a
 document does to the child (a Flate bomb pdfium inflates, an image that needs gigabytes, a
 native abort, an endless loop), the caller gets an :class:`~ocr.errors.ExtractionError` and its
 own process, threads and other jobs are untouched; the next job gets a fresh child.
