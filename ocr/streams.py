@@ -30,15 +30,17 @@ _OUT_CHUNK = 1 << 22
 
 def check_stream_bombs(data: bytes, max_decoded: int) -> None:
     """Raise ResourceLimitError if any non-image Flate stream inflates past ``max_decoded``."""
+    if len(data) * _MAX_RATIO <= max_decoded:
+        return  # no stream of a file this small can inflate past the cap (the per-stream bound)
     for match in _STREAM.finditer(data):
         start = match.start()
         if start >= 3 and data[start - 3 : start] == b"end":
             continue  # "endstream"
-        head = data[max(0, start - _LOOKBACK) : start]
-        obj = head.rfind(b"obj")
+        # Searched in place: slicing the look-back window first copied 4 KB per stream.
+        obj = data.rfind(b"obj", max(0, start - _LOOKBACK), start)
         if obj < 0:
             continue
-        dictionary = head[obj:]
+        dictionary = data[obj:start]
         if b"/FlateDecode" not in dictionary and b"/Fl " not in dictionary:
             continue
         if b"/Image" in dictionary:
@@ -77,7 +79,9 @@ def _inflated_size(data: bytes, offset: int, cap: int) -> int:
             pos += len(chunk)
             out = inflater.decompress(chunk, _OUT_CHUNK)
             total += len(out)
-            while inflater.unconsumed_tail and total <= cap:
+            # Past the stream's end zlib keeps returning b"" and never empties the tail: the
+            # eof test ends what was an endless loop on a dense stream that stays under the cap.
+            while inflater.unconsumed_tail and not inflater.eof and total <= cap:
                 out = inflater.decompress(inflater.unconsumed_tail, _OUT_CHUNK)
                 total += len(out)
             if total > cap:

@@ -28,6 +28,7 @@ _FONT_NAME_BUF = 256
 # Undecodable glyphs: U+FFFD and the private-use planes (Unicode category "Co"), which is what
 # fonts without a usable ToUnicode map give. tests/ocr/test_textlayer.py checks it against
 # unicodedata over every code point.
+_ASCII_NOT_ALNUM = bytes(b for b in range(128) if not chr(b).isalnum())
 _GARBAGE = re.compile("[\ufffd\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010fffd]")
 
 
@@ -96,6 +97,11 @@ def count_text(text: str) -> TextCounts:
     """Letters and digits, and garbage glyphs, of a page's text as pdfium gives it."""
     # The whole text, line breaks and blank lines included: neither holds a letter, a digit or
     # a garbage glyph, so this equals counting the lines' text (controls removed, stripped).
+    if text.isascii():  # O(1) in CPython (a flag of the string); most text layers are ASCII
+        # No garbage glyph is ASCII, and the ASCII code points str.isalnum accepts are exactly
+        # [0-9A-Za-z]: deleting every other byte in C counts them ~15x faster than the loop.
+        meaningful = len(text.encode("ascii").translate(None, _ASCII_NOT_ALNUM))
+        return TextCounts(len(text), meaningful, 0)
     meaningful = sum(map(str.isalnum, text))
     return TextCounts(len(text), meaningful, len(_GARBAGE.findall(text)))
 

@@ -17,6 +17,7 @@ import pytest
 from ocr_testkit import HOSTILE_SCRIPT, REPO, load_hostile
 
 import ocr
+from ocr.streams import check_stream_bombs
 
 CASES = load_hostile().CASES
 
@@ -135,3 +136,18 @@ def test_stream_inflation_limit_is_configurable(hostile: ModuleType) -> None:
     with pytest.raises(ocr.ResourceLimitError) as info:
         ocr.probe(data, config=strict)
     assert info.value.code == "extraction_failed" and "decompression bomb" in info.value.message
+
+
+def test_the_stream_check_skips_only_files_too_small_to_hold_a_bomb(hostile: ModuleType) -> None:
+    """check_stream_bombs returns at once for a file whose every byte inflated at Flate's
+    largest ratio stays under the cap. The densest stream there is (spaces at level 9), with
+    the cap one byte under what it inflates to, must still be refused: a shortcut ratio below
+    Flate's would let it through."""
+    data = hostile.flate_bomb_pdf(decoded_mb=16)
+    decoded = 16 * (1 << 20) + len(hostile.text_ops([(72, 700, 12, "after the bomb")]))
+    assert decoded > len(data) * 900  # this dense: the shortcut is tested near its bound
+    with pytest.raises(ocr.ResourceLimitError):
+        check_stream_bombs(data, decoded - 1)
+    # Exactly at the cap: allowed, and promptly (the stream ends inside the inflater's
+    # unconsumed tail, where the check used to loop for ever).
+    check_stream_bombs(data, decoded)

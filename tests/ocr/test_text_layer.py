@@ -13,7 +13,7 @@ from ocr_testkit import text_of
 import ocr
 from ocr.geometry import PageGeometry
 from ocr.pdf import open_document
-from ocr.textlayer import count_text, read_page_text, read_text_counts
+from ocr.textlayer import TextCounts, count_text, read_page_text, read_text_counts
 
 
 def _text_chunks(data: bytes) -> list[dict]:
@@ -152,3 +152,13 @@ def test_garbage_is_replacement_and_private_use_characters() -> None:
     others = set(every) - set(garbage)
     assert count_text("".join(garbage)).n_garbage == len(garbage) > 6000
     assert count_text("".join(others)).n_garbage == 0
+
+
+def test_ascii_text_is_counted_as_the_general_path_counts_it() -> None:
+    """count_text's ASCII shortcut (bytes.translate) agrees with str.isalnum on every ASCII
+    code point, alone and mixed, and the general path still runs for anything else."""
+    every_ascii = "".join(chr(c) for c in range(128))
+    for text in (every_ascii, every_ascii * 3 + "\r\n", "Crazy ones 1984!", "", " \r\n\t"):
+        assert text.isascii()
+        assert count_text(text) == TextCounts(len(text), sum(map(str.isalnum, text)), 0)
+    assert count_text(every_ascii + "é\ufffd") == TextCounts(130, 63, 1)
