@@ -314,10 +314,8 @@ class QuoteItem(Base):
     quote_id: Mapped[str] = mapped_column(ForeignKey("quotes.id"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     file_id: Mapped[str] = mapped_column(String(40))
-    # What the worker needs, read when the quote was made: the worker never joins files.
-    blob_key: Mapped[str | None] = mapped_column(String(300))
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256_declared: Mapped[str | None] = mapped_column(String(64))
+    # What a worker needs to judge the file travels in its chunk's message (service/quotes.py):
+    # these rows hold answers only.
     done: Mapped[bool] = mapped_column(Boolean, default=False)
     page_count: Mapped[int | None] = mapped_column(Integer)
     ocr_pages: Mapped[int | None] = mapped_column(Integer)

@@ -1,7 +1,9 @@
 """Quotes (SPEC "Quotes (dry run)"): what a batch would cost and how each file would end.
 
 The API inserts a quote and one ``quote_items`` row per file (in position order), then
-publishes chunks of positions to the ``quotes`` queue. A worker fetches each file and runs
+publishes chunks of files to the ``quotes`` queue, each message carrying what judging its files
+needs (position, blob key, declared sha256) and the options, so that a worker reads nothing
+before it starts fetching. A worker fetches each file and runs
 ``ocr.quote_probe`` (page count, pages needing OCR, or the item error code extraction would end
 with) and records a chunk's answers in one transaction that also counts down ``files_left``;
 the transaction that brings it to zero completes the quote (:func:`complete`): it applies the
@@ -48,8 +50,11 @@ class QuoteFile:
     file_id: str
     #: None when no bytes were uploaded: the item would fail ``upload_missing``
     blob_key: str | None
-    size_bytes: int
     sha256_declared: str | None
+
+
+#: one file of a chunk message: ``[position, blob_key, sha256_declared]`` (JSON: a list)
+ChunkFile = tuple[int, str, str | None]
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,8 @@ def create_quote(
     options: dict[str, Any],
     now: datetime,
     retention: timedelta,
-) -> tuple[Quote, list[tuple[int, int]]]:
-    """Insert the quote and its files; returns it and the position ranges for the workers."""
+) -> tuple[Quote, list[list[ChunkFile]]]:
+    """Insert the quote and its files; returns it and the chunks of files for the workers."""
     queued = session.execute(
         select(func.count(), func.coalesce(func.sum(func.coalesce(Item.page_count, 1)), 0)).where(
             Item.customer_id == customer.id,
@@ -98,23 +103,24 @@ def create_quote(
             "quote_id": quote.id,
             "position": position,
             "file_id": f.file_id,
-            "blob_key": f.blob_key,
-            "size_bytes": f.size_bytes,
-            "sha256_declared": f.sha256_declared,
             "done": f.blob_key is None,
             "error_code": UPLOAD_MISSING if f.blob_key is None else None,
         }
         for position, f in enumerate(files)
     ]
+    # Core, not the ORM's bulk insert: the rows are plain dicts already, and its bookkeeping
+    # cost as much as the statement (this runs before the first chunk can be published).
+    connection = session.connection()
     for start in range(0, len(rows), 5000):
-        session.execute(insert(QuoteItem), rows[start : start + 5000])
+        connection.execute(insert(QuoteItem), rows[start : start + 5000])
     if quote.files_left == 0:
         complete(session, quote)
-    waiting = [p for p, f in enumerate(files) if f.blob_key is not None]
-    chunks = [
-        (waiting[i], waiting[min(i + CHUNK_FILES, len(waiting)) - 1] + 1)
-        for i in range(0, len(waiting), CHUNK_FILES)
+    waiting = [
+        (position, f.blob_key, f.sha256_declared)
+        for position, f in enumerate(files)
+        if f.blob_key is not None
     ]
+    chunks = [waiting[i : i + CHUNK_FILES] for i in range(0, len(waiting), CHUNK_FILES)]
     return quote, chunks
 
 
@@ -238,10 +244,17 @@ def complete(session: Session, quote: Quote) -> None:
     quote.completed_at = utcnow()
 
 
-def quote_items(session: Session, quote_id: str) -> list[QuoteItem]:
+def quote_items(session: Session, quote_id: str) -> list[Any]:
+    """The quote's files in position order, as plain rows of what the resource shows: a
+    client polls this, and 10,000 ORM objects a poll cost more than the answers (bench.quotes
+    measured 37 ms a poll of 1,000 files, against 1 ms of a worker's time per file)."""
     return list(
-        session.scalars(
-            select(QuoteItem).where(QuoteItem.quote_id == quote_id).order_by(QuoteItem.position)
+        session.execute(
+            select(
+                QuoteItem.file_id, QuoteItem.page_count, QuoteItem.ocr_pages, QuoteItem.error_code
+            )
+            .where(QuoteItem.quote_id == quote_id)
+            .order_by(QuoteItem.position)
         )
     )
 

@@ -107,6 +107,7 @@ class FileState:
     status: str
     blob_key: str
     expires_at: datetime
+    sha256_declared: str | None
 
 
 def load_file_states(
@@ -117,9 +118,14 @@ def load_file_states(
     states: dict[str, FileState] = {}
     for start in range(0, len(file_ids), 5000):
         rows = session.execute(
-            select(File.id, File.customer_id, File.status, File.blob_key, File.expires_at).where(
-                File.id.in_(file_ids[start : start + 5000]), File.customer_id == customer_id
-            )
+            select(
+                File.id,
+                File.customer_id,
+                File.status,
+                File.blob_key,
+                File.expires_at,
+                File.sha256_declared,
+            ).where(File.id.in_(file_ids[start : start + 5000]), File.customer_id == customer_id)
         )
         states.update((row.id, FileState(*row)) for row in rows)
     return states

@@ -16,51 +16,35 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
-
 import ocr
 from ocr.sandbox import INLINE_MAX_BYTES, SandboxCrashError
 from service import quotes
 from service.db import transaction
 from service.extraction import ocr_config
-from service.models import Quote, QuoteItem
 from service.storage import BlobNotFoundError, BlobTooLargeError
 from tasks.context import TaskContext
 
 log = logging.getLogger("pagelane.quotes")
 
 
-def run_quote_chunk(ctx: TaskContext, quote_id: str, start: int, end: int) -> int:
-    """Answer positions ``[start, end)`` of a quote; returns how many were answered."""
-    with ctx.session_factory() as session:
-        # The quote's options ride along on every row: one query, not two, per chunk (no
-        # rows: the chunk was answered already, or the quote expired and was deleted).
-        rows = session.execute(
-            _FILES_TO_ANSWER, {"p_quote_id": quote_id, "p_start": start, "p_end": end}
-        ).all()
-    config = ocr_config(ctx.settings)
-    answers = _answer_rows(ctx, list(rows), config)
-    if answers:
-        with transaction(ctx.session_factory) as session:
-            quotes.record_answers(session, quote_id, answers)
+def run_quote_chunk(
+    ctx: TaskContext, quote_id: str, files: list[Any], options: dict[str, Any] | None
+) -> int:
+    """Answer a chunk of a quote's files (``[position, blob_key, sha256_declared]`` each, as
+    the API published them); returns how many files were judged. The message carries all
+    the chunk needs, so the database is touched once, to record the answers: a redelivered
+    chunk (or one of a quote that expired meanwhile) is judged again and records nothing."""
+    answers = _answer_files(ctx, files, options, ocr_config(ctx.settings))
+    with transaction(ctx.session_factory) as session:
+        quotes.record_answers(session, quote_id, answers)
     return len(answers)
 
 
-_FILES_TO_ANSWER = (
-    select(QuoteItem.position, QuoteItem.blob_key, QuoteItem.sha256_declared, Quote.options)
-    .join(Quote, Quote.id == QuoteItem.quote_id)
-    .where(
-        QuoteItem.quote_id == bindparam("p_quote_id"),
-        QuoteItem.position >= bindparam("p_start"),
-        QuoteItem.position < bindparam("p_end"),
-        QuoteItem.done.is_(False),
-    )
-    .order_by(QuoteItem.position)
-)
-
-
-def _answer_rows(
-    ctx: TaskContext, rows: list[Any], config: ocr.EngineConfig
+def _answer_files(
+    ctx: TaskContext,
+    files: list[Any],
+    options: dict[str, Any] | None,
+    config: ocr.EngineConfig,
 ) -> list[quotes.FileAnswer]:
     """Each row's answer. Documents are judged in the worker's capped sandbox child, like an
     extraction (a hostile document costs that child only); small ones go together, up to
@@ -68,7 +52,6 @@ def _answer_rows(
     memory beside the one document being fetched."""
     answers: list[quotes.FileAnswer] = []
     waiting: list[tuple[int, bytes]] = []  # (position, bytes) fetched, not yet judged
-    options = rows[0].options if rows else None
 
     def judge_waiting() -> None:
         judged = ctx.sandbox.quote_many([data for _, data in waiting], options, config=config)
@@ -82,14 +65,14 @@ def _answer_rows(
                 answers.append(quotes.FileAnswer(position, found[0], found[1], None))
         waiting.clear()
 
-    for row in rows:
-        fetched = _fetch(ctx, row.blob_key, row.sha256_declared)
+    for position, blob_key, sha256_declared in files:
+        fetched = _fetch(ctx, blob_key, sha256_declared)
         if isinstance(fetched, str):
-            answers.append(quotes.FileAnswer(row.position, None, None, fetched))
+            answers.append(quotes.FileAnswer(position, None, None, fetched))
             continue
         if sum(len(data) for _, data in waiting) + len(fetched) > INLINE_MAX_BYTES:
             judge_waiting()
-        waiting.append((row.position, fetched))
+        waiting.append((position, fetched))
     if waiting:
         judge_waiting()
     return answers

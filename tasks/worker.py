@@ -115,13 +115,11 @@ def make_worker_app(settings: Settings, *, make_sandbox: SandboxFactory = capped
 
     # batch control: quotes (their own queue) and their retention sweep
     @app.task(name=QUOTE_CHUNK, ignore_result=True)
-    def quote_chunk_task(quote_id: str, start: int, end: int) -> int:
+    def quote_chunk_task(quote_id: str, files: list[Any], options: dict[str, Any]) -> int:
         started = time.perf_counter()
-        answered = run_quote_chunk(state.context, quote_id, start, end)
+        answered = run_quote_chunk(state.context, quote_id, files, options)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        log.info(
-            "quote %s [%d, %d): %d files in %.1f ms", quote_id, start, end, answered, elapsed_ms
-        )
+        log.info("quote %s: %d files in %.1f ms", quote_id, answered, elapsed_ms)
         return answered
 
     _register_sweep(app, state, "prune_quotes", prune_quotes)

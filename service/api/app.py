@@ -46,6 +46,7 @@ from service.api.ratelimit import SubmissionRateLimiter
 from service.api.webhooks import make_webhooks_blueprint
 from service.context import ServiceContext, make_context
 from service.migrate import check_schema_current
+from service.quotes import ChunkFile
 from service.settings import Settings, load_settings
 from service.storage import LocalBlobStore
 from tasks.app import QUEUE_QUOTES, QUOTE_CHUNK, make_celery
@@ -166,9 +167,9 @@ def _api_context(
     if dispatcher is None:
         dispatcher = make_dispatcher(core.session_factory, state, celery, settings)
 
-    def publish_quote_chunk(quote_id: str, start: int, end: int) -> None:
+    def publish_quote_chunk(quote_id: str, files: list[ChunkFile], options: dict[str, Any]) -> None:
         # Their own queue: quotes never wait behind extraction, nor delay it.
-        celery.send_task(QUOTE_CHUNK, args=[quote_id, start, end], queue=QUEUE_QUOTES)
+        celery.send_task(QUOTE_CHUNK, args=[quote_id, files, options], queue=QUEUE_QUOTES)
 
     return ApiContext(
         **core.core_parts(),

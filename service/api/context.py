@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import redis
 
@@ -12,10 +13,11 @@ from ocr.sandbox import Sandbox, SandboxLimits
 from service.api.concurrency import SyncSlots
 from service.api.ratelimit import SubmissionRateLimiter
 from service.context import ServiceContext
+from service.quotes import ChunkFile
 from tasks.dispatch import Dispatcher
 
-#: (quote id, first file position, end position) → a task message on the quotes queue.
-PublishQuoteChunk = Callable[[str, int, int], None]
+#: (quote id, the chunk's files, the quote's options) → a task message on the quotes queue
+PublishQuoteChunk = Callable[[str, list[ChunkFile], dict[str, Any]], None]
 
 
 @dataclass

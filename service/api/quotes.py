@@ -17,7 +17,7 @@ from service.api.errors import not_found, validation_error
 from service.api.schemas import CreateBatch, QuotePath, QuoteResource
 from service.clock import isoformat, utcnow
 from service.db import transaction
-from service.models import Customer, File, FileStatus, Quote
+from service.models import Customer, FileStatus, Quote
 from service.uploads import load_file_states, refresh_uploads
 
 tag = Tag(name="quotes", description="What a batch would cost and how it would end, first.")
@@ -57,15 +57,6 @@ def create_quote(body: CreateBatch) -> Response:
         expired = [i for i in body.file_ids if status[i] == FileStatus.EXPIRED]
         if expired:
             raise _file_error(404, "file_not_found", "unknown or expired file ids", expired)
-        details = {
-            row.id: row
-            for start in range(0, len(body.file_ids), 5000)
-            for row in session.execute(
-                select(File.id, File.size_bytes, File.sha256_declared).where(
-                    File.id.in_(body.file_ids[start : start + 5000])
-                )
-            )
-        }
         files = [
             quotes.QuoteFile(
                 file_id=file_id,
@@ -74,8 +65,7 @@ def create_quote(body: CreateBatch) -> Response:
                 blob_key=states[file_id].blob_key
                 if status[file_id] == FileStatus.UPLOADED
                 else None,
-                size_bytes=details[file_id].size_bytes,
-                sha256_declared=details[file_id].sha256_declared,
+                sha256_declared=states[file_id].sha256_declared,
             )
             for file_id in body.file_ids
         ]
@@ -90,8 +80,9 @@ def create_quote(body: CreateBatch) -> Response:
             retention=timedelta(hours=ctx.settings.retention_hours),
         )
         quote_id = quote.id
-    for start, end in chunks:
-        ctx.publish_quote_chunk(quote_id, start, end)
+        options = quote.options
+    for chunk in chunks:
+        ctx.publish_quote_chunk(quote_id, chunk, options)
     return _quote_response(quote_id, status=201)
 
 
@@ -125,12 +116,12 @@ def _body(quote: Quote, items: list[Any]) -> dict[str, Any]:
         "file_count": quote.file_count,
         "items": [
             {
-                "file_id": item.file_id,
-                "page_count": item.page_count,
-                "ocr_pages": item.ocr_pages,
-                "predicted_error": item.error_code,
+                "file_id": file_id,
+                "page_count": page_count,
+                "ocr_pages": ocr_pages,
+                "predicted_error": error_code,
             }
-            for item in items
+            for file_id, page_count, ocr_pages, error_code in items
         ],
         "totals": quote.totals if done else None,
         "created_at": isoformat(quote.created_at),

@@ -16,14 +16,14 @@ from tests.corpus import CORPUS
 
 
 @pytest.fixture
-def chunks(api_env: ApiEnv) -> list[tuple[str, int, int]]:
-    published: list[tuple[str, int, int]] = []
+def chunks(api_env: ApiEnv) -> list[tuple[Any, ...]]:
+    published: list[tuple[Any, ...]] = []
     app: Any = api_env.client.application
-    app.extensions["pagelane"].publish_quote_chunk = lambda q, s, e: published.append((q, s, e))
+    app.extensions["pagelane"].publish_quote_chunk = lambda *args: published.append(args)
     return published
 
 
-def _work(env: ApiEnv, published: list[tuple[str, int, int]]) -> None:
+def _work(env: ApiEnv, published: list[tuple[Any, ...]]) -> None:
     while published:
         run_quote_chunk(env.ctx, *published.pop(0))
 
@@ -33,7 +33,7 @@ def _upload(tenant: Tenant, *names: str) -> list[str]:
 
 
 def test_quote_predicts_pages_ocr_and_errors(
-    api_env: ApiEnv, alice: Tenant, chunks: list[tuple[str, int, int]]
+    api_env: ApiEnv, alice: Tenant, chunks: list[tuple[Any, ...]]
 ) -> None:
     names = [
         "digital-lorem-pdflatex-4p.pdf",
@@ -75,7 +75,7 @@ def test_quote_predicts_pages_ocr_and_errors(
 
 
 def test_quote_applies_the_quota_in_position_order(
-    api_env: ApiEnv, chunks: list[tuple[str, int, int]]
+    api_env: ApiEnv, chunks: list[tuple[Any, ...]]
 ) -> None:
     tenant = api_env.tenant("metered", quota=6)
     files = _upload(
@@ -100,7 +100,7 @@ def test_quote_applies_the_quota_in_position_order(
 
 
 def test_a_chunk_counts_down_only_the_files_it_answered_first(
-    api_env: ApiEnv, alice: Tenant, chunks: list[tuple[str, int, int]]
+    api_env: ApiEnv, alice: Tenant, chunks: list[tuple[Any, ...]]
 ) -> None:
     # A chunk's answers are one executemany: its rowcount must be the sum over the answers
     # (not the last statement's, nor -1), or a redelivered chunk would count files twice.
