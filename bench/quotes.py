@@ -20,6 +20,7 @@ Run: python -m bench.quotes [N] [FILES] [postgres|sqlite] [ROUNDS]
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ import pypdfium2 as pdfium
 import ocr
 from bench.sandbox import tree_cpu_s
 from bench.stack import CORPUS, bench_stack
-from service.quotes import CHUNK_FILES
+from service.quotes import CHUNK_FILES_MIN, chunk_files
 from service.settings import Settings
 from service.storage import input_key, make_blob_store
 from tests.support.stack import Proc, wait_for
@@ -80,7 +81,7 @@ def floor(
     with ProcessPoolExecutor(workers, initializer=_init, initargs=(settings,)) as pool:
         list(pool.map(work, keys[: workers * 2]))  # warm: imports, store clients
         start = time.perf_counter()
-        done = list(pool.map(work, keys, chunksize=CHUNK_FILES))
+        done = list(pool.map(work, keys, chunksize=chunk_files(len(keys))))
         seconds = time.perf_counter() - start
     assert sum(pages for pages, _ in done) == len(keys)
     return Cost(seconds, sum(cpu for _, cpu in done))
@@ -135,7 +136,7 @@ def main() -> None:
         worker = stack.worker(concurrency=workers, queues="quotes")
         # Warm every pool child (its context, database connection, first pdfium open): two
         # chunks per child, since with prefetch 1 a child takes a chunk only when it is free.
-        quote_cost(tenant, file_ids[: workers * 2 * CHUNK_FILES], worker)
+        quote_cost(tenant, file_ids[: workers * 2 * CHUNK_FILES_MIN], worker)
         # Rounds of the three, interleaved: on a shared machine the load changes within
         # seconds, so each figure is the best of its rounds and each round has its own ratio.
         for _ in range(rounds):
@@ -154,10 +155,11 @@ def main() -> None:
     print(f"  (b)  the quote, POST to completed:                     {_cost(b)}")
     print(f"  b / a' = {_ratio(b, a_text)}  (the goal's floor; goal <= 1.2)")
     print(f"  b / a  = {_ratio(b, a)}  (opening only)")
-    per_round = ", ".join(
-        f"{q.seconds / t.seconds:.2f}" for q, t in zip(quoted, text_layer, strict=True)
+    per_round = [q.seconds / t.seconds for q, t in zip(quoted, text_layer, strict=True)]
+    print(
+        f"  b / a' wall clock per round: {', '.join(f'{r:.2f}' for r in per_round)}"
+        f" (median {statistics.median(per_round):.2f})"
     )
-    print(f"  b / a' wall clock per round: {per_round}")
     best = min(quoted, key=lambda c: c.seconds)
     assert best.cpu_parts is not None
     parts = ", ".join(f"{role} {cpu:.2f} s" for role, cpu in best.cpu_parts.items())
