@@ -126,6 +126,31 @@ def test_a_chunk_counts_down_only_the_files_it_answered_first(
     assert done["status"] == "completed" and done["totals"]["pages"] == 3
 
 
+def test_a_quote_is_cut_into_a_few_chunks_that_carry_their_files(
+    api_env: ApiEnv, alice: Tenant, chunks: list[tuple[Any, ...]]
+) -> None:
+    """Each message names its files (position, blob key, declared sha256) and the options:
+    the worker reads nothing before fetching. Every uploaded file is in exactly one chunk."""
+    data = (CORPUS / "digital-crazyones-1p.pdf").read_bytes()
+    files = [
+        alice.upload(data, f"{n}.pdf") for n in range(30)
+    ]  # under the 60-a-window submit limit
+    never_uploaded = alice.register(b"%PDF-1.4 never uploaded")["id"]
+    quote_id = alice.post("/v1/quotes", {"file_ids": [never_uploaded, *files]}).get_json()["id"]
+    assert quotes.chunk_files(60) == 25 and quotes.chunk_files(1000) == 63
+    assert quotes.chunk_files(10_000) == quotes.CHUNK_FILES_MAX
+    assert [len(files_) for _, files_, _ in chunks] == [25, 5]
+    assert {q for q, _, _ in chunks} == {quote_id}
+    positions = [position for _, files_, _ in chunks for position, _, _ in files_]
+    assert positions == list(range(1, 31))  # position 0 has no bytes: answered at once
+    first_position, blob_key, sha256 = chunks[0][1][0]
+    assert first_position == 1 and blob_key.endswith(files[0]) and sha256 is None
+    assert chunks[0][2]["ocr"] == "auto"
+    _work(api_env, chunks)
+    done = alice.get(f"/v1/quotes/{quote_id}").get_json()
+    assert done["status"] == "completed" and done["totals"]["pages"] == 30
+
+
 def test_quote_refusals_and_rate_limit_shape(alice: Tenant) -> None:
     assert alice.post("/v1/quotes", {"file_ids": []}).status_code == 422
     unknown = alice.post("/v1/quotes", {"file_ids": ["file_nope"]})
