@@ -167,9 +167,19 @@ def _api_context(
     if dispatcher is None:
         dispatcher = make_dispatcher(core.session_factory, state, celery, settings)
 
-    def publish_quote_chunk(quote_id: str, files: list[ChunkFile], options: dict[str, Any]) -> None:
-        # Their own queue: quotes never wait behind extraction, nor delay it.
-        celery.send_task(QUOTE_CHUNK, args=[quote_id, files, options], queue=QUEUE_QUOTES)
+    def publish_quote_chunks(
+        quote_id: str, chunks: list[list[ChunkFile]], options: dict[str, Any]
+    ) -> None:
+        # Their own queue: quotes never wait behind extraction, nor delay it. One producer for
+        # all of a quote's messages (a quarter of send_task's cost is acquiring one).
+        with celery.producer_or_acquire() as producer:
+            for files in chunks:
+                celery.send_task(
+                    QUOTE_CHUNK,
+                    args=[quote_id, files, options],
+                    queue=QUEUE_QUOTES,
+                    producer=producer,
+                )
 
     return ApiContext(
         **core.core_parts(),
@@ -180,7 +190,7 @@ def _api_context(
             settings.require_redis(), settings.sync_rate_limit, scope="sync"
         ),
         sync_slots=SyncSlots(state),
-        publish_quote_chunk=publish_quote_chunk,
+        publish_quote_chunks=publish_quote_chunks,
     )
 
 

@@ -16,8 +16,9 @@ from service.context import ServiceContext
 from service.quotes import ChunkFile
 from tasks.dispatch import Dispatcher
 
-#: (quote id, the chunk's files, the quote's options) → a task message on the quotes queue
-PublishQuoteChunk = Callable[[str, list[ChunkFile], dict[str, Any]], None]
+#: (quote id, its chunks of files, the quote's options) → a task message a chunk on the quotes
+#: queue
+PublishQuoteChunks = Callable[[str, list[list[ChunkFile]], dict[str, Any]], None]
 
 
 @dataclass
@@ -31,7 +32,7 @@ class ApiContext(ServiceContext):
     sync_rate_limiter: SubmissionRateLimiter
     sync_slots: SyncSlots
     # POST /v1/quotes: a quote's chunks of files go to the workers' quotes queue.
-    publish_quote_chunk: PublishQuoteChunk
+    publish_quote_chunks: PublishQuoteChunks
 
     @cached_property
     def sandbox(self) -> Sandbox:

@@ -81,8 +81,7 @@ def create_quote(body: CreateBatch) -> Response:
         )
         quote_id = quote.id
         options = quote.options
-    for chunk in chunks:
-        ctx.publish_quote_chunk(quote_id, chunk, options)
+    ctx.publish_quote_chunks(quote_id, chunks, options)
     return _quote_response(quote_id, status=201)
 
 

@@ -19,7 +19,9 @@ from tests.corpus import CORPUS
 def chunks(api_env: ApiEnv) -> list[tuple[Any, ...]]:
     published: list[tuple[Any, ...]] = []
     app: Any = api_env.client.application
-    app.extensions["pagelane"].publish_quote_chunk = lambda *args: published.append(args)
+    app.extensions["pagelane"].publish_quote_chunks = lambda quote_id, chunks, options: (
+        published.extend((quote_id, files, options) for files in chunks)
+    )
     return published
 
 
