@@ -113,13 +113,8 @@ def make_worker_app(settings: Settings, *, make_sandbox: SandboxFactory = capped
     for name, sweep in SWEEPS.items():
         _register_sweep(app, state, name, sweep)
 
-    # batch control: quotes (their own queue) and their retention sweep.
-    # Acknowledged when a pool child takes it, not after: the consumer then holds the next chunk
-    # while this one runs (prefetch 1 counts unacknowledged messages), instead of asking Redis
-    # for it after the ack, which left the child idle ~2.5 ms a chunk (bench.quotes). A late ack
-    # would only bring a chunk back after the visibility timeout (hours) when a whole worker
-    # dies mid-chunk, long after any client stopped waiting for the quote.
-    @app.task(name=QUOTE_CHUNK, ignore_result=True, acks_late=False)
+    # batch control: quotes (their own queue) and their retention sweep
+    @app.task(name=QUOTE_CHUNK, ignore_result=True)
     def quote_chunk_task(quote_id: str, files: list[Any], options: dict[str, Any]) -> int:
         started = time.perf_counter()
         answered = run_quote_chunk(state.context, quote_id, files, options)
