@@ -49,7 +49,8 @@ CHUNK_FILES_MAX = 100
 
 def chunk_files(files: int) -> int:
     """Files per worker task for a quote of ``files`` files (bench.quotes: 1,000 one-page PDFs
-    in 40 tasks of 25 cost 0.42 s of CPU outside judging them; in 10 of 100, 0.25 s)."""
+    in 40 tasks of 25 cost 0.42 s of CPU outside the sandboxes, fetching included; in 10 of
+    100, 0.25 s)."""
     return max(CHUNK_FILES_MIN, min(CHUNK_FILES_MAX, -(-files // QUOTE_CHUNKS)))
 
 
@@ -120,8 +121,8 @@ def create_quote(
         }
         for position, f in enumerate(files)
     ]
-    # Core, not the ORM's bulk insert: the rows are plain dicts already, and its bookkeeping
-    # cost as much as the statement (this runs before the first chunk can be published).
+    # Core, not the ORM's bulk-insert path: the rows are plain dicts already and need none of
+    # its bookkeeping (this runs before the first chunk can be published).
     connection = session.connection()
     for start in range(0, len(rows), 5000):
         connection.execute(insert(QuoteItem), rows[start : start + 5000])
@@ -258,9 +259,9 @@ def complete(session: Session, quote: Quote) -> None:
 
 
 def quote_items(session: Session, quote_id: str) -> list[Any]:
-    """The quote's files in position order, as plain rows of what the resource shows: a
-    client polls this, and 10,000 ORM objects a poll cost more than the answers (bench.quotes
-    measured 37 ms a poll of 1,000 files, against 1 ms of a worker's time per file)."""
+    """The quote's files in position order, as plain rows of what the resource shows: clients
+    poll this while workers run on the same machines (as ORM objects, a poll of 1,000 files
+    cost 37 ms; bench.quotes)."""
     return list(
         session.execute(
             select(

@@ -46,7 +46,7 @@ def _answer_files(
     options: dict[str, Any] | None,
     config: ocr.EngineConfig,
 ) -> list[quotes.FileAnswer]:
-    """Each row's answer. Documents are judged in the worker's capped sandbox child, like an
+    """Each file's answer. Documents are judged in the worker's capped sandbox child, like an
     extraction (a hostile document costs that child only); small ones go together, up to
     ``INLINE_MAX_BYTES`` a round trip, so that at most that much waits in this process's
     memory beside the one document being fetched."""
