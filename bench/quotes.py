@@ -122,7 +122,7 @@ def main() -> None:
     workers = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
     database = sys.argv[3] if len(sys.argv) > 3 else "sqlite"
-    rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+    rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 5
     blobs = "s3" if database == "postgres" else "local"
     data = (CORPUS / "digital-crazyones-1p.pdf").read_bytes()
     load_before = os.getloadavg()
