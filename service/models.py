@@ -297,6 +297,9 @@ class Quote(Base):
     file_count: Mapped[int] = mapped_column(Integer)
     # Files not yet looked at by a worker; the worker that brings it to 0 completes the quote.
     files_left: Mapped[int] = mapped_column(Integer)
+    # When the quote was asked or a chunk of it last answered: a pending quote that has not
+    # moved for long lost a message (tasks/quotes.py redispatch_stalled_quotes).
+    progress_at: Mapped[datetime | None] = mapped_column(DateTime)
     # The customer's items pending or running when the quote was asked (estimated_seconds).
     queued_items: Mapped[int] = mapped_column(Integer, default=0)
     queued_pages: Mapped[int] = mapped_column(BigInteger, default=0)

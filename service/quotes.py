@@ -22,17 +22,17 @@ document.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.clock import utcnow
 from service.ids import new_id
-from service.models import Customer, Item, ItemStatus, Quote, QuoteItem, QuoteStatus
+from service.models import Customer, File, Item, ItemStatus, Quote, QuoteItem, QuoteStatus
 
 TEXT_PAGE_SECONDS = 0.01
 OCR_PAGE_SECONDS = 1.2
@@ -68,6 +68,14 @@ class QuoteFile:
 
 #: one file of a chunk message: ``[position, blob_key, sha256_declared]`` (JSON: a list)
 ChunkFile = tuple[int, str, str | None]
+#: (quote id, its chunks of files, the quote's options) → a task message a chunk on the quotes
+#: queue (tasks.app.quote_chunk_publisher; the API publishes a new quote's, the stalled-quote
+#: sweep a stalled one's)
+PublishQuoteChunks = Callable[[str, list[list[ChunkFile]], dict[str, Any]], None]
+#: a pending quote none of whose chunks was answered for this long lost a message (a worker
+#: died mid-chunk): the sweep publishes its unanswered files again. A chunk judges up to 100
+#: files; even of long documents that is well under this.
+STALLED_AFTER = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ def create_quote(
         queued_pages=int(queued[1]),
         totals=None,
         created_at=now,
+        progress_at=now,
         completed_at=None,
         expires_at=now + retention,
     )
@@ -133,9 +142,49 @@ def create_quote(
         for position, f in enumerate(files)
         if f.blob_key is not None
     ]
-    size = chunk_files(len(waiting))
-    chunks = [waiting[i : i + size] for i in range(0, len(waiting), size)]
-    return quote, chunks
+    return quote, chunked(waiting)
+
+
+def chunked(files: list[ChunkFile]) -> list[list[ChunkFile]]:
+    """``files`` cut into the worker tasks of :func:`chunk_files`."""
+    size = chunk_files(len(files))
+    return [files[i : i + size] for i in range(0, len(files), size)]
+
+
+def _stalled(now: datetime) -> Any:
+    last_moved = func.coalesce(Quote.progress_at, Quote.created_at)
+    return and_(
+        Quote.status == QuoteStatus.PENDING,
+        last_moved < now - STALLED_AFTER,
+        Quote.expires_at > now,
+    )
+
+
+def stalled_quotes(session: Session, now: datetime, limit: int = 100) -> list[Any]:
+    """Pending quotes, not expired, that have not progressed for :data:`STALLED_AFTER`:
+    rows of (id, options)."""
+    return list(session.execute(select(Quote.id, Quote.options).where(_stalled(now)).limit(limit)))
+
+
+def restart_stall_clock(session: Session, quote_id: str, now: datetime) -> bool:
+    """Mark a stalled quote as moved now; False if it is no longer stalled (a chunk answered
+    meanwhile, or another sweep got there first): only the caller that gets True republishes."""
+    moved = session.connection().execute(
+        update(Quote).where(Quote.id == quote_id, _stalled(now)).values(progress_at=now)
+    )
+    return bool(moved.rowcount)
+
+
+def unanswered_files(session: Session, quote_id: str) -> list[ChunkFile]:
+    """The quote's files no chunk has answered yet, as a chunk message names them (a file
+    deleted since is named all the same: its fetch finds nothing, ``upload_missing``)."""
+    rows = session.execute(
+        select(QuoteItem.position, File.blob_key, File.sha256_declared)
+        .join(File, File.id == QuoteItem.file_id)
+        .where(QuoteItem.quote_id == quote_id, QuoteItem.done.is_(False))
+        .order_by(QuoteItem.position)
+    )
+    return [(position, blob_key, sha256) for position, blob_key, sha256 in rows]
 
 
 # Built once with bound parameters: one executemany per chunk (record_answers).
@@ -182,7 +231,7 @@ def record_answers(session: Session, quote_id: str, answers: Sequence[FileAnswer
     left = session.execute(
         update(Quote)
         .where(Quote.id == quote_id)
-        .values(files_left=Quote.files_left - written)
+        .values(files_left=Quote.files_left - written, progress_at=utcnow())
         .returning(Quote.files_left)
         .execution_options(synchronize_session=False)
     ).scalar_one()

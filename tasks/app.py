@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import Celery
 
+from service.quotes import ChunkFile, PublishQuoteChunks
 from service.settings import Settings
 
 PROCESS_ITEM = "pagelane.process_item"
@@ -110,6 +111,7 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
         "delete-orphan-blobs": every(300, "pagelane.sweep.delete_orphan_blobs"),
         "prune-idempotency-keys": every(3600, "pagelane.sweep.prune_idempotency_keys"),
         "prune-quotes": every(3600, "pagelane.sweep.prune_quotes"),  # batch control
+        "redispatch-stalled-quotes": every(60, "pagelane.sweep.redispatch_stalled_quotes"),
         # events (issue 16)
         "prune-events": every(600, "pagelane.sweep.prune_events"),
         "webhooks-tick": {
@@ -118,6 +120,24 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "options": {"expires": settings.webhook_tick_seconds * 0.9, "queue": QUEUE_WEBHOOKS},
         },
     }
+
+
+def quote_chunk_publisher(celery: Celery) -> PublishQuoteChunks:
+    """Publishes a quote's chunks, a message each, on the quotes queue: their own queue, so
+    quotes never wait behind extraction, nor delay it."""
+
+    def publish(quote_id: str, chunks: list[list[ChunkFile]], options: dict[str, Any]) -> None:
+        # One producer for all of them (a quarter of send_task's cost is acquiring one).
+        with celery.producer_or_acquire() as producer:
+            for files in chunks:
+                celery.send_task(
+                    QUOTE_CHUNK,
+                    args=[quote_id, files, options],
+                    queue=QUEUE_QUOTES,
+                    producer=producer,
+                )
+
+    return publish
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -15,7 +15,9 @@ from celery import Celery
 
 from ocr.sandbox import Sandbox, SandboxLimits
 from service.context import ServiceContext, make_context
+from service.quotes import PublishQuoteChunks
 from service.settings import Settings
+from tasks.app import quote_chunk_publisher
 from tasks.dispatch import Dispatcher, make_dispatcher, make_state_redis
 from tasks.lease import LeaseKeeper
 
@@ -33,6 +35,8 @@ class TaskContext(ServiceContext):
     # State Redis: semaphores and rate limits (the broker has its own connections).
     redis: redis.Redis
     dispatcher: Dispatcher
+    # the stalled-quote sweep publishes a quote's unanswered files again (tasks/quotes.py)
+    publish_quote_chunks: PublishQuoteChunks
     # Only the benchmark of the isolation's cost passes another (bench/inprocess.py): there is
     # no setting for it, so no deployment can run its extractions unisolated.
     make_sandbox: SandboxFactory = capped_sandbox
@@ -73,5 +77,6 @@ def make_task_context(
         **core.core_parts(),
         redis=state,
         dispatcher=make_dispatcher(core.session_factory, state, celery, settings),
+        publish_quote_chunks=quote_chunk_publisher(celery),
         make_sandbox=make_sandbox,
     )

@@ -95,6 +95,29 @@ def _fetch(ctx: TaskContext, blob_key: str | None, sha256_declared: str | None) 
     return data
 
 
+def redispatch_stalled_quotes(ctx: TaskContext, now: datetime) -> dict[str, int]:
+    """Pending quotes that have not moved for ``quotes.STALLED_AFTER``: a chunk's message was
+    lost with a worker that died mid-chunk (a pool child killed alone acknowledges its message;
+    a whole worker's comes back only after the visibility timeout). Their unanswered files are
+    published again and the clock restarts, so a quote is retried once a period at most. A
+    chunk that was only slow is judged twice, and answered once: record_answers writes only
+    rows not yet done."""
+    counts = {"quotes_redispatched": 0, "files_redispatched": 0}
+    with ctx.session_factory() as session:
+        stalled = quotes.stalled_quotes(session, now)
+    for quote_id, options in stalled:
+        with transaction(ctx.session_factory) as session:
+            if not quotes.restart_stall_clock(session, quote_id, now):
+                continue
+            files = quotes.unanswered_files(session, quote_id)
+        if files:
+            ctx.publish_quote_chunks(quote_id, quotes.chunked(files), options)
+            counts["quotes_redispatched"] += 1
+            counts["files_redispatched"] += len(files)
+            log.warning("quote %s stalled: %d files published again", quote_id, len(files))
+    return counts
+
+
 def prune_quotes(ctx: TaskContext, now: datetime) -> dict[str, int]:
     """Quotes expire with retention (the sweep)."""
     with transaction(ctx.session_factory) as session:

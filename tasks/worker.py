@@ -31,7 +31,7 @@ from tasks.app import (
 )
 from tasks.context import SandboxFactory, TaskContext, capped_sandbox, make_task_context
 from tasks.items import process_item
-from tasks.quotes import prune_quotes, run_quote_chunk
+from tasks.quotes import prune_quotes, redispatch_stalled_quotes, run_quote_chunk
 from tasks.scratch import remove_orphaned_scratch
 from tasks.slices import process_slice
 from tasks.sweeps import SWEEPS
@@ -123,6 +123,7 @@ def make_worker_app(settings: Settings, *, make_sandbox: SandboxFactory = capped
         return answered
 
     _register_sweep(app, state, "prune_quotes", prune_quotes)
+    _register_sweep(app, state, "redispatch_stalled_quotes", redispatch_stalled_quotes)
     _register_webhooks(app, state)
     return app
 

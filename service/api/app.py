@@ -46,10 +46,9 @@ from service.api.ratelimit import SubmissionRateLimiter
 from service.api.webhooks import make_webhooks_blueprint
 from service.context import ServiceContext, make_context
 from service.migrate import check_schema_current
-from service.quotes import ChunkFile
 from service.settings import Settings, load_settings
 from service.storage import LocalBlobStore
-from tasks.app import QUEUE_QUOTES, QUOTE_CHUNK, make_celery
+from tasks.app import make_celery, quote_chunk_publisher
 from tasks.dispatch import Dispatcher, make_dispatcher, make_state_redis
 
 log = logging.getLogger("pagelane.api")
@@ -167,20 +166,6 @@ def _api_context(
     if dispatcher is None:
         dispatcher = make_dispatcher(core.session_factory, state, celery, settings)
 
-    def publish_quote_chunks(
-        quote_id: str, chunks: list[list[ChunkFile]], options: dict[str, Any]
-    ) -> None:
-        # Their own queue: quotes never wait behind extraction, nor delay it. One producer for
-        # all of a quote's messages (a quarter of send_task's cost is acquiring one).
-        with celery.producer_or_acquire() as producer:
-            for files in chunks:
-                celery.send_task(
-                    QUOTE_CHUNK,
-                    args=[quote_id, files, options],
-                    queue=QUEUE_QUOTES,
-                    producer=producer,
-                )
-
     return ApiContext(
         **core.core_parts(),
         redis=state,
@@ -190,7 +175,7 @@ def _api_context(
             settings.require_redis(), settings.sync_rate_limit, scope="sync"
         ),
         sync_slots=SyncSlots(state),
-        publish_quote_chunks=publish_quote_chunks,
+        publish_quote_chunks=quote_chunk_publisher(celery),
     )
 
 

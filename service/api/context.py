@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import redis
 
@@ -13,12 +11,8 @@ from ocr.sandbox import Sandbox, SandboxLimits
 from service.api.concurrency import SyncSlots
 from service.api.ratelimit import SubmissionRateLimiter
 from service.context import ServiceContext
-from service.quotes import ChunkFile
+from service.quotes import PublishQuoteChunks
 from tasks.dispatch import Dispatcher
-
-#: (quote id, its chunks of files, the quote's options) → a task message a chunk on the quotes
-#: queue
-PublishQuoteChunks = Callable[[str, list[list[ChunkFile]], dict[str, Any]], None]
 
 
 @dataclass

@@ -3,14 +3,16 @@ runs it with real worker processes against real submissions)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from service import quotes
+from service.clock import utcnow
 from service.db import transaction
 from service.models import Quote
-from tasks.quotes import run_quote_chunk
+from tasks.quotes import redispatch_stalled_quotes, run_quote_chunk
 from tests.api.conftest import ApiEnv, Tenant
 from tests.corpus import CORPUS
 
@@ -151,6 +153,40 @@ def test_a_quote_is_cut_into_a_few_chunks_that_carry_their_files(
     _work(api_env, chunks)
     done = alice.get(f"/v1/quotes/{quote_id}").get_json()
     assert done["status"] == "completed" and done["totals"]["pages"] == 30
+
+
+def test_a_stalled_quote_gets_its_unanswered_files_published_again(
+    api_env: ApiEnv, alice: Tenant, chunks: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk lost with its worker would leave the quote pending until it expired: the sweep
+    publishes the files no chunk answered, once per stall period, and the quote completes."""
+    republished: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(
+        api_env.ctx,
+        "publish_quote_chunks",
+        lambda quote_id, chunks_, options: republished.extend(
+            (quote_id, files, options) for files in chunks_
+        ),
+    )
+    data = (CORPUS / "digital-crazyones-1p.pdf").read_bytes()
+    files = [alice.upload(data, f"{n}.pdf") for n in range(30)]
+    quote_id = alice.post("/v1/quotes", {"file_ids": files}).get_json()["id"]
+    lost = chunks.pop(0)  # 25 files: its worker died
+    _work(api_env, chunks)  # the other 5 are answered
+    now = utcnow()
+    assert redispatch_stalled_quotes(api_env.ctx, now + timedelta(minutes=4)) == {
+        "quotes_redispatched": 0,
+        "files_redispatched": 0,
+    }
+    later = now + quotes.STALLED_AFTER + timedelta(minutes=1)
+    assert redispatch_stalled_quotes(api_env.ctx, later)["files_redispatched"] == 25
+    assert republished == [lost]  # the same files, positions and options as the lost message
+    assert redispatch_stalled_quotes(api_env.ctx, later)["quotes_redispatched"] == 0  # once
+    _work(api_env, republished)
+    done = alice.get(f"/v1/quotes/{quote_id}").get_json()
+    assert done["status"] == "completed" and done["totals"]["pages"] == 30
+    too_late = later + quotes.STALLED_AFTER * 2  # completed: never again
+    assert redispatch_stalled_quotes(api_env.ctx, too_late)["quotes_redispatched"] == 0
 
 
 def test_quote_refusals_and_rate_limit_shape(alice: Tenant) -> None:
