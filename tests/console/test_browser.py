@@ -131,8 +131,11 @@ def test_drop_watch_and_download(console_stack: ConsoleStack, page: Any, artifac
     page.screenshot(path=str(artifacts / "04-batch.png"), full_page=True)
 
     # Filter by status: only the failed item.
+    # The table redraws after the change event: wait for it (count() does not wait, and under
+    # load it read the three rows still there).
     page.get_by_label("Show items with status").select_option("failed")
-    assert page.locator("#items tbody tr").count() == 1
+    page.wait_for_function("() => document.querySelectorAll('#items tbody tr').length === 1")
+    assert page.locator("#items tbody tr[data-status='failed']").count() == 1
     page.get_by_label("Show items with status").select_option("")
 
     with page.expect_download() as zip_download:

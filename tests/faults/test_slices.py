@@ -237,11 +237,15 @@ def test_a_transient_slice_failure_retries_that_slice_then_fails_with_its_code(
     item_id = batch["items"][0]["id"]
     ctx.dispatcher.admit(tenant.customer_id)
     outcomes = drain(ctx, cap=1, customer_id=tenant.customer_id)
-    assert outcomes == ["ite:sliced", "slc:retrying", "slc:slice_done"]
-    for _ in range(ctx.settings.ocr_retries):
+    # The second slice runs while the first waits out its backoff (0.2 s). On a loaded machine
+    # the backoff can pass within that drain and a retry run in it too: retries are counted
+    # over all the drains, not per drain.
+    while outcomes[-1] != "slc:failed":
         wait_for(lambda: ctx.dispatcher.admit_all(), 30, 0.2, "the retry to be admitted")
-        outcomes = drain(ctx)
-    assert outcomes[-1] == "slc:failed"
+        outcomes += drain(ctx)
+    assert outcomes[:2] == ["ite:sliced", "slc:retrying"]
+    assert outcomes.count("slc:slice_done") == 1
+    assert outcomes.count("slc:retrying") == ctx.settings.ocr_retries
     item = item_row(ctx, item_id)
     assert item.status == ItemStatus.FAILED and item.error_code == "ocr_provider_error"
     first = slices_of(ctx, item_id)[0]
